@@ -1,0 +1,430 @@
+package summary
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+	"github.com/jasperfed/jasper/sensor/packet"
+)
+
+// Stats are the counters of one bin (or of the span since the previous
+// batch of the bin). They map one to one onto jasperv1.SensorStats, plus
+// RowLimitDrops, which SensorStats carries only implicitly.
+type Stats struct {
+	PacketsSeen       uint64
+	OutsideDarknet    uint64
+	KernelDrops       uint64
+	DecodeErrors      uint64
+	Fragments         uint64
+	NonIP             uint64
+	OverflowRows      uint64
+	PacketsSummarised uint64
+	// RowLimitDrops are darknet packets not summarised because the bin
+	// already held MaxRowsPerBin rows.
+	RowLimitDrops uint64
+}
+
+// Proto returns the stats as a jasperv1.SensorStats.
+func (s Stats) Proto() *jasperv1.SensorStats {
+	return &jasperv1.SensorStats{
+		PacketsSeen:       s.PacketsSeen,
+		OutsideDarknet:    s.OutsideDarknet,
+		KernelDrops:       s.KernelDrops,
+		DecodeErrors:      s.DecodeErrors,
+		Fragments:         s.Fragments,
+		NonIp:             s.NonIP,
+		OverflowRows:      s.OverflowRows,
+		PacketsSummarised: s.PacketsSummarised,
+	}
+}
+
+const (
+	flagV6       uint8 = 1
+	flagOverflow uint8 = 2
+)
+
+// rowKey is a row's identity. It has no padding holes and no pointers, so
+// the map hashes it as plain memory.
+type rowKey struct {
+	src   [16]byte
+	port  uint16 // dst port; ICMP type<<8|code; 0 for overflow and other
+	proto uint8
+	class uint8
+	flags uint8
+	_     [3]byte
+}
+
+type srcKey struct {
+	src [16]byte
+	v6  bool
+}
+
+type srcState struct {
+	rows  uint16 // ordinary (non-overflow) rows of this source in the bin
+	epoch uint16 // early-flush epoch in which the source was first seen
+}
+
+type rowState struct {
+	key            rowKey
+	packets, bytes uint64
+	firstMs        uint32
+	lastMs         uint32
+	fragments      uint32
+	fp             [packet.NumFingerprints]uint32
+	dst            distinct
+	ports          int32 // index in Aggregator.ports for overflow rows, else -1
+	ttlMin, ttlMax uint8
+}
+
+const rowChunk = 4096
+
+// Aggregator summarises frames into bins. Add frames in capture order;
+// sealed bins are handed to the emit function as batches.
+type Aggregator struct {
+	cfg     Config
+	binSec  int64
+	darknet []netip.Prefix
+	emit    func(*jasperv1.Batch) error
+	// kernelDrops, when set, reports the source's cumulative kernel drops.
+	kernelDrops func() uint64
+	lastDrops   uint64
+
+	open     bool
+	binStart int64 // Unix seconds
+	binNano  int64
+
+	rows   map[rowKey]uint32
+	srcs   map[srcKey]srcState
+	chunks []*[rowChunk]rowState
+	nrows  int
+	ports  []distinct
+	arena  slotArena
+	stats  Stats
+
+	// early flush
+	epoch    uint16
+	newRows  []uint32
+	flushDue int64 // Unix nanoseconds of the next early flush (event time)
+
+	batches batchBuilder
+	// Totals are the counters summed over every bin so far.
+	Totals Stats
+}
+
+// NewAggregator returns an aggregator that hands sealed batches to emit.
+func NewAggregator(cfg Config, emit func(*jasperv1.Batch) error) (*Aggregator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("summary config: %w", err)
+	}
+	a := &Aggregator{
+		cfg:     cfg,
+		binSec:  int64(cfg.Bin / time.Second),
+		darknet: cfg.Darknet,
+		emit:    emit,
+		rows:    make(map[rowKey]uint32, 1024),
+		srcs:    make(map[srcKey]srcState, 1024),
+	}
+	a.arena.max = cfg.MaxSketches
+	a.batches.maxBytes = cfg.MaxBatchBytes
+	return a, nil
+}
+
+// SetKernelDrops sets the function reporting a source's cumulative kernel
+// drops; each sealed bin carries the delta.
+func (a *Aggregator) SetKernelDrops(f func() uint64) {
+	a.kernelDrops = f
+	if f != nil {
+		a.lastDrops = f()
+	}
+}
+
+// Open reports whether a bin is open, and its start.
+func (a *Aggregator) Open() (time.Time, bool) {
+	return time.Unix(a.binStart, 0).UTC(), a.open
+}
+
+// Rows is the number of rows in the open bin.
+func (a *Aggregator) Rows() int { return a.nrows }
+
+// Add counts one frame captured at ts, with the decoder's verdict r and,
+// when r is packet.OK, the packet's info. A frame of a later bin seals the
+// open bin first. A frame of an earlier bin (out of order) is counted in
+// the open bin, its time clamped to the bin start.
+func (a *Aggregator) Add(ts time.Time, r packet.Result, info *packet.Info) error {
+	ns := ts.UnixNano()
+	sec := ns / 1e9
+	if ns < 0 && ns%1e9 != 0 {
+		sec--
+	}
+	start := sec - mod(sec, a.binSec)
+	if !a.open {
+		a.startBin(start, ns)
+	} else if start > a.binStart {
+		if err := a.seal(false); err != nil {
+			return err
+		}
+		a.startBin(start, ns)
+	} else if a.cfg.EarlyFlush > 0 && ns >= a.flushDue {
+		if err := a.EarlyFlush(); err != nil {
+			return err
+		}
+		a.flushDue = ns + int64(a.cfg.EarlyFlush)
+	}
+	a.stats.PacketsSeen++
+	switch r {
+	case packet.OK:
+	case packet.NonIP:
+		a.stats.NonIP++
+		return nil
+	default:
+		a.stats.DecodeErrors++
+		return nil
+	}
+	if info.Fragment {
+		a.stats.Fragments++
+	}
+	if len(a.darknet) > 0 && !a.inDarknet(info.Dst) {
+		a.stats.OutsideDarknet++
+		return nil
+	}
+	a.addPacket(info, ns)
+	return nil
+}
+
+func mod(a, b int64) int64 {
+	m := a % b
+	if m < 0 {
+		m += b
+	}
+	return m
+}
+
+func (a *Aggregator) inDarknet(dst netip.Addr) bool {
+	for _, p := range a.darknet {
+		if p.Contains(dst) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Aggregator) startBin(start, ns int64) {
+	a.open = true
+	a.binStart = start
+	a.binNano = start * 1e9
+	a.flushDue = ns + int64(a.cfg.EarlyFlush)
+}
+
+func (a *Aggregator) row(i uint32) *rowState {
+	return &a.chunks[i/rowChunk][i%rowChunk]
+}
+
+func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
+	k := rowKey{src: info.Src.As16(), proto: info.Protocol, class: uint8(info.Class)}
+	if info.IPv6 {
+		k.flags = flagV6
+	}
+	if !info.Fragment {
+		switch info.Protocol {
+		case packet.ProtoTCP, packet.ProtoUDP:
+			k.port = info.DstPort
+		case packet.ProtoICMP, packet.ProtoICMPv6:
+			k.port = uint16(info.ICMPType)<<8 | uint16(info.ICMPCode)
+		}
+	}
+	idx, ok := a.rows[k]
+	if !ok {
+		idx, ok = a.newRow(&k)
+		if !ok {
+			a.stats.RowLimitDrops++
+			return
+		}
+	}
+	a.stats.PacketsSummarised++
+	r := a.row(idx)
+	r.packets++
+	r.bytes += uint64(info.Length)
+	ms := uint32(0)
+	if off := ns - a.binNano; off > 0 {
+		ms = uint32(off / 1e6)
+	}
+	if r.packets == 1 {
+		r.firstMs, r.lastMs = ms, ms
+		r.ttlMin, r.ttlMax = info.TTL, info.TTL
+	} else {
+		if ms < r.firstMs {
+			r.firstMs = ms
+		}
+		if ms > r.lastMs {
+			r.lastMs = ms
+		}
+		if info.TTL < r.ttlMin {
+			r.ttlMin = info.TTL
+		}
+		if info.TTL > r.ttlMax {
+			r.ttlMax = info.TTL
+		}
+	}
+	if info.Fragment {
+		r.fragments++
+	}
+	if fp := info.Fingerprints; fp != 0 {
+		for i := range packet.NumFingerprints {
+			if fp&(1<<i) != 0 {
+				r.fp[i]++
+			}
+		}
+	}
+	var dv uint32
+	if info.IPv6 {
+		d := info.Dst.As16()
+		dv = uint32(mix32(binary.LittleEndian.Uint32(d[0:4])^uint32(mix32(binary.LittleEndian.Uint32(d[4:8])))) ^
+			mix32(binary.LittleEndian.Uint32(d[8:12])^uint32(mix32(binary.LittleEndian.Uint32(d[12:16])))>>7))
+	} else {
+		d := info.Dst.As4()
+		dv = binary.BigEndian.Uint32(d[:])
+	}
+	r.dst.add(dv, &a.arena)
+	if r.ports >= 0 {
+		a.ports[r.ports].add(uint32(k.port), &a.arena)
+	}
+}
+
+// newRow creates the row for k, or finds or creates the overflow row of
+// k's source when the source is at the port cap. It returns false when the
+// bin is full.
+func (a *Aggregator) newRow(k *rowKey) (uint32, bool) {
+	sk := srcKey{src: k.src, v6: k.flags&flagV6 != 0}
+	ss, seen := a.srcs[sk]
+	if !seen {
+		ss.epoch = a.epoch
+	}
+	if int(ss.rows) >= a.cfg.PortCap {
+		ok := rowKey{src: k.src, proto: k.proto, class: k.class, flags: k.flags | flagOverflow}
+		idx, found := a.rows[ok]
+		if !found {
+			var made bool
+			if idx, made = a.insert(&ok, ss.epoch); !made {
+				return 0, false
+			}
+			r := a.row(idx)
+			r.ports = int32(len(a.ports))
+			a.ports = append(a.ports, distinct{})
+		}
+		// The caller adds k's port to the row's port set.
+		return idx, true
+	}
+	idx, made := a.insert(k, ss.epoch)
+	if !made {
+		return 0, false
+	}
+	ss.rows++
+	a.srcs[sk] = ss
+	return idx, true
+}
+
+func (a *Aggregator) insert(k *rowKey, epoch uint16) (uint32, bool) {
+	if a.nrows >= a.cfg.MaxRowsPerBin {
+		return 0, false
+	}
+	idx := uint32(a.nrows)
+	if a.nrows/rowChunk == len(a.chunks) {
+		a.chunks = append(a.chunks, new([rowChunk]rowState))
+	}
+	a.nrows++
+	r := a.row(idx)
+	*r = rowState{key: *k, ports: -1}
+	a.rows[*k] = idx
+	if a.cfg.EarlyFlush > 0 && epoch == a.epoch {
+		a.newRows = append(a.newRows, idx)
+	}
+	return idx, true
+}
+
+// Flush seals the open bin, if any, and emits its batches.
+func (a *Aggregator) Flush() error {
+	if !a.open {
+		return nil
+	}
+	return a.seal(false)
+}
+
+// SealBefore seals the open bin if it ends at or before t (used with the
+// wall clock minus a grace period for live sources).
+func (a *Aggregator) SealBefore(t time.Time) error {
+	if !a.open || (a.binStart+a.binSec)*1e9 > t.UnixNano() {
+		return nil
+	}
+	return a.seal(false)
+}
+
+func (a *Aggregator) seal(partial bool) error {
+	if a.kernelDrops != nil {
+		d := a.kernelDrops()
+		if d >= a.lastDrops {
+			a.stats.KernelDrops += d - a.lastDrops
+		}
+		a.lastDrops = d
+	}
+	for i := range a.nrows {
+		r := a.row(uint32(i))
+		if r.ports >= 0 {
+			a.stats.OverflowRows += uint64(a.ports[r.ports].count(&a.arena))
+		}
+	}
+	err := a.batches.build(a, nil, partial, a.emit)
+	a.addTotals()
+	a.reset()
+	return err
+}
+
+func (a *Aggregator) addTotals() {
+	t, s := &a.Totals, &a.stats
+	t.PacketsSeen += s.PacketsSeen
+	t.OutsideDarknet += s.OutsideDarknet
+	t.KernelDrops += s.KernelDrops
+	t.DecodeErrors += s.DecodeErrors
+	t.Fragments += s.Fragments
+	t.NonIP += s.NonIP
+	t.OverflowRows += s.OverflowRows
+	t.PacketsSummarised += s.PacketsSummarised
+	t.RowLimitDrops += s.RowLimitDrops
+}
+
+func (a *Aggregator) reset() {
+	a.open = false
+	clear(a.rows)
+	clear(a.srcs)
+	a.nrows = 0
+	a.ports = a.ports[:0]
+	a.arena.reset()
+	a.stats = Stats{}
+	a.newRows = a.newRows[:0]
+	a.epoch = 0
+}
+
+// EarlyFlush emits, as a Partial batch, the rows of the sources first seen
+// since the previous early flush (their counts so far), then resets those
+// rows so that later batches of the bin carry only what comes after.
+func (a *Aggregator) EarlyFlush() error {
+	if !a.open || len(a.newRows) == 0 {
+		a.epoch++
+		return nil
+	}
+	err := a.batches.build(a, a.newRows, true, a.emit)
+	a.addTotals()
+	a.stats = Stats{}
+	for _, i := range a.newRows {
+		r := a.row(i)
+		*r = rowState{key: r.key, ports: r.ports}
+		if r.ports >= 0 {
+			a.ports[r.ports] = distinct{}
+		}
+	}
+	a.newRows = a.newRows[:0]
+	a.epoch++
+	return err
+}

@@ -1,0 +1,104 @@
+// Package summary aggregates classified darknet packets into per-bin summary
+// rows (one per source, protocol, destination port or ICMP type/code, and
+// class) and packs them into column-oriented jasperv1.Batch messages.
+//
+// Bins are aligned to Config.Bin on event time (packet timestamps). Memory
+// is bounded whatever the traffic:
+//
+//   - a source that reaches Config.PortCap rows in a bin has its further
+//     keys folded into one overflow row per (source, protocol, class), with
+//     dst_port 0, overflow=true and the number of distinct ports folded;
+//   - once a bin holds Config.MaxRowsPerBin rows (overflow rows included),
+//     packets of new keys are not summarised: they are counted in
+//     Stats.RowLimitDrops, and show in SensorStats as packets_seen minus
+//     (packets_summarised + outside_darknet + decode_errors + non_ip);
+//   - distinct destination counting uses at most Config.MaxSketches 256-byte
+//     sketches per bin (see distinct.go for the exact/estimated ranges).
+//
+// Rows are additive across the batches of a bin: a bin too large for one
+// batch is split, an early flush (Config.EarlyFlush) ships partial rows,
+// and a late packet for a bin already sealed on the wall clock ships in a
+// further batch of that bin. dst_ips and distinct_ports are distinct counts
+// per batch, so summing them over the batches of one bin may over-count.
+//
+// The functions here are not safe for concurrent use unless stated.
+package summary
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Config configures the aggregation.
+type Config struct {
+	// Bin is the bin length, a whole number of seconds (default 60 s).
+	Bin time.Duration
+	// Darknet prefixes (IPv4 and IPv6); packets to other addresses are
+	// counted as outside_darknet. Empty: every address is dark.
+	Darknet []netip.Prefix
+	// PortCap is the number of rows a source may have per bin before its
+	// further keys fold into overflow rows (default 64).
+	PortCap int
+	// MaxRowsPerBin bounds the rows of a bin (default 2,000,000).
+	MaxRowsPerBin int
+	// MaxBatchBytes bounds the encoded size of a Batch (default 64 KiB).
+	MaxBatchBytes int
+	// EarlyFlush, when > 0, ships rows of sources first seen in the open
+	// bin every EarlyFlush as Partial batches. 0: off.
+	EarlyFlush time.Duration
+	// Grace is how long after a bin's end the wall clock waits before a
+	// live source's bin is sealed without a later packet (default 5 s).
+	Grace time.Duration
+	// MaxSketches bounds the distinct-count slots per bin (default 262,144,
+	// i.e. 64 MiB).
+	MaxSketches int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Bin:           60 * time.Second,
+		PortCap:       64,
+		MaxRowsPerBin: 2_000_000,
+		MaxBatchBytes: 64 << 10,
+		Grace:         5 * time.Second,
+		MaxSketches:   1 << 18,
+	}
+}
+
+// minBatchBytes leaves room for a batch's fixed overhead and one row.
+const minBatchBytes = 1024
+
+// Validate checks the configuration and names the bad key.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Bin < time.Second || c.Bin%time.Second != 0 || c.Bin > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("bin: %v is not a whole number of seconds between 1s and 24h", c.Bin))
+	}
+	for i, p := range c.Darknet {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("darknet[%d]: invalid prefix", i))
+		}
+	}
+	if c.PortCap < 1 || c.PortCap > 65535 {
+		errs = append(errs, fmt.Errorf("port_cap: %d is not between 1 and 65535", c.PortCap))
+	}
+	if c.MaxRowsPerBin < 1 {
+		errs = append(errs, fmt.Errorf("max_rows_per_bin: %d must be at least 1", c.MaxRowsPerBin))
+	}
+	if c.MaxBatchBytes < minBatchBytes {
+		errs = append(errs, fmt.Errorf("max_batch_bytes: %d is below %d", c.MaxBatchBytes, minBatchBytes))
+	}
+	if c.EarlyFlush < 0 {
+		errs = append(errs, fmt.Errorf("early_flush: %v is negative", c.EarlyFlush))
+	}
+	if c.Grace < 0 {
+		errs = append(errs, fmt.Errorf("grace: %v is negative", c.Grace))
+	}
+	if c.MaxSketches < 0 {
+		errs = append(errs, fmt.Errorf("max_sketches: %d is negative", c.MaxSketches))
+	}
+	return errors.Join(errs...)
+}
