@@ -174,7 +174,7 @@ func randomLog(seed uint64, n int) []*jasperv1.CommittedBatch {
 }
 
 func TestDeterministicSnapshots(t *testing.T) {
-	small := func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 300, 150, 20 * time.Minute }
+	small := func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 300, 150, 20*time.Minute }
 	a, b := newModule(t, small), newModule(t, small)
 	for i, cb := range randomLog(7, 90) {
 		a.OnBatch(uint64(i+1), cb)
