@@ -115,4 +115,5 @@ func TestHostBundleContent(t *testing.T) {
 		t.Fatal("bundle not deterministic")
 	}
 }
+
 const wantSCO = "12592121-be4c-5a93-a813-5a5af16e50db"
