@@ -411,6 +411,7 @@ type session struct {
 	mu          sync.Mutex
 	inflight    map[uint64]time.Time
 	cursor      uint64 // highest sequence sent (or known committed)
+	gen         uint64 // bumped when a throttle rewinds cursor
 	pausedUntil time.Time
 	lastAnswer  time.Time
 	kick        chan struct{}
@@ -464,7 +465,7 @@ func (s *session) send(ctx context.Context) error {
 			return fmt.Errorf("hub %s: no answer for %v", s.addr, s.u.cfg.AckTimeout)
 		}
 		full := len(s.inflight) >= s.u.cfg.Window
-		cursor := s.cursor
+		cursor, gen := s.cursor, s.gen
 		s.mu.Unlock()
 
 		var b *jasperv1.Batch
@@ -503,11 +504,18 @@ func (s *session) send(ctx context.Context) error {
 				return err
 			}
 			s.mu.Lock()
-			s.cursor = max(s.cursor, b.Sequence)
+			if s.gen == gen {
+				s.cursor = max(s.cursor, b.Sequence)
+			}
 			s.mu.Unlock()
 			continue
 		}
 		s.mu.Lock()
+		if s.gen != gen {
+			// A throttle rewound the cursor while we read the spool.
+			s.mu.Unlock()
+			continue
+		}
 		if len(s.inflight) == 0 {
 			s.lastAnswer = time.Now() // the ack clock starts with the first batch in flight
 		}
@@ -583,6 +591,7 @@ func (s *session) refused(r *jasperv1.Refusal) error {
 		if r.Sequence > 0 && r.Sequence-1 < s.cursor {
 			s.cursor = r.Sequence - 1 // resend from the refused batch
 		}
+		s.gen++
 		s.mu.Unlock()
 		s.u.log.Info("uplink_throttled", "hub", s.addr, "sequence", r.Sequence, "pause", pause)
 		return nil
