@@ -101,9 +101,10 @@ var (
 
 // Module is the alerting FSM module.
 type Module struct {
-	cfg  Config
-	log  *slog.Logger
-	wake chan struct{}
+	cfg     Config
+	log     *slog.Logger
+	wake    chan struct{}
+	initial directory.Directory
 
 	mu    sync.RWMutex
 	st    state
@@ -123,6 +124,7 @@ func New(cfg Config, initial directory.Directory, log *slog.Logger) (*Module, er
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Module{cfg: cfg, log: log.With("component", "alerting_outbox"), wake: make(chan struct{}, 1), st: newState()}
+	m.initial = initial.Clone()
 	m.st.Directory = initial.Clone()
 	m.table = route.Compile(&m.st.Directory)
 	return m, nil
@@ -519,11 +521,17 @@ func (m *Module) Snapshot(w io.Writer) error {
 	return err
 }
 
-// Restore replaces the state with a snapshot.
+// Restore replaces the state with a snapshot. An empty snapshot (one that
+// predates the module) resets to the initial state.
 func (m *Module) Restore(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("alerting restore: %w", err)
+	}
 	st := newState()
-	dec := json.NewDecoder(io.LimitReader(r, 1<<34))
-	if err := dec.Decode(&st); err != nil {
+	if len(b) == 0 {
+		st.Directory = m.initial.Clone()
+	} else if err := json.Unmarshal(b, &st); err != nil {
 		return fmt.Errorf("alerting restore: %w", err)
 	}
 	if st.Version != 1 {

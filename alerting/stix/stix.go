@@ -299,3 +299,21 @@ func uuid5(ns uuid, name string) string {
 	x := hex.EncodeToString(u[:])
 	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
 }
+
+// BundleID is a deterministic bundle id for key (e.g. a delivery id).
+func BundleID(key string) string { return "bundle--" + uuid5(jasperNamespace, "bundle:"+key) }
+
+// Merge returns one bundle of several findings, each object once.
+func Merge(id string, fs []*jasperv1.Finding, m Marking) Bundle {
+	objs := []Object{Identity(), m.Object}
+	seen := map[string]bool{}
+	for _, f := range fs {
+		for _, o := range Objects(f, m) {
+			if oid := o["id"].(string); !seen[oid] {
+				seen[oid] = true
+				objs = append(objs, o)
+			}
+		}
+	}
+	return Bundle{Type: "bundle", ID: id, Objects: objs}
+}
