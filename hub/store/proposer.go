@@ -22,21 +22,52 @@ type proposalResult struct {
 }
 
 // ProposeBatch proposes one sensor batch and waits until it is committed
-// and applied. Concurrent calls are grouped into one raft entry (see
-// Config.ProposeWindow). requireWatermark, when non-zero, makes the FSM
-// refuse the batch with ErrOutOfOrder unless the sensor's watermark has
-// reached it (use the sequence of the previous batch proposed on the same
-// stream while that one is still in flight). Leader only.
+// and applied: EnqueueBatch then Wait. Leader only.
 //
 // A nil error with r.Err == nil means the batch is committed on a quorum
-// (r.Duplicate: it was committed before). An error means the outcome is
-// unknown or negative; the sensor must resend.
+// (r.Duplicate: it was committed before). An error, or r.Err set, means
+// the batch is not known to be committed; the sensor must resend.
 func (s *Store) ProposeBatch(ctx context.Context, b *jasperv1.CommittedBatch, requireWatermark uint64) (BatchResult, error) {
-	if _, err := s.open(); err != nil {
+	f, err := s.EnqueueBatch(ctx, b, requireWatermark)
+	if err != nil {
 		return BatchResult{}, err
 	}
+	return f.Wait(ctx)
+}
+
+// BatchFuture is a batch handed to the proposer.
+type BatchFuture struct {
+	p *proposal
+	s *Store
+}
+
+// Wait blocks until the batch's entry is applied (or failed).
+func (f *BatchFuture) Wait(ctx context.Context) (BatchResult, error) {
+	select {
+	case res := <-f.p.res:
+		f.p.res <- res // let Wait be called again
+		return res.r, res.err
+	case <-ctx.Done():
+		return BatchResult{}, ctx.Err()
+	case <-f.s.done:
+		return BatchResult{}, ErrNotOpen
+	}
+}
+
+// EnqueueBatch hands one sensor batch to the proposer without waiting.
+// Batches enqueued one after another (from one goroutine) reach the raft
+// log in that order. Concurrent batches are grouped into one raft entry
+// (see Config.ProposeWindow). requireWatermark, when non-zero, makes the
+// FSM refuse the batch with ErrOutOfOrder unless the sensor's watermark
+// has reached it: pass the sequence of the previous batch enqueued on the
+// same stream, so that a lost earlier batch is never hidden by a later one.
+// Leader only; ErrQueueFull when the proposer is saturated.
+func (s *Store) EnqueueBatch(ctx context.Context, b *jasperv1.CommittedBatch, requireWatermark uint64) (*BatchFuture, error) {
+	if _, err := s.open(); err != nil {
+		return nil, err
+	}
 	if !s.IsLeader() {
-		return BatchResult{}, s.notLeader()
+		return nil, s.notLeader()
 	}
 	p := &proposal{
 		pb:  &jasperv1.ProposedBatch{Batch: b, RequireWatermark: requireWatermark},
@@ -45,20 +76,13 @@ func (s *Store) ProposeBatch(ctx context.Context, b *jasperv1.CommittedBatch, re
 	p.size = proto.Size(p.pb)
 	select {
 	case s.propCh <- p:
+		return &BatchFuture{p: p, s: s}, nil
 	case <-ctx.Done():
-		return BatchResult{}, ctx.Err()
+		return nil, ctx.Err()
 	case <-s.done:
-		return BatchResult{}, ErrNotOpen
+		return nil, ErrNotOpen
 	default:
-		return BatchResult{}, ErrQueueFull
-	}
-	select {
-	case res := <-p.res:
-		return res.r, res.err
-	case <-ctx.Done():
-		return BatchResult{}, ctx.Err()
-	case <-s.done:
-		return BatchResult{}, ErrNotOpen
+		return nil, ErrQueueFull
 	}
 }
 
@@ -124,16 +148,24 @@ func fail(group []*proposal, err error) {
 	}
 }
 
-// submit proposes one group and hands each caller its own result.
+// submit proposes one group (in the proposer goroutine, so that raft
+// sees groups in queue order) and hands each caller its own result.
 func (s *Store) submit(group []*proposal) {
 	cmd := &jasperv1.BatchesCommand{Load: s.cfg.Load}
 	for _, p := range group {
 		cmd.Batches = append(cmd.Batches, p.pb)
 	}
 	s.m.proposerBatch.Observe(float64(len(group)))
+	t := jasperv1.CommandType_COMMAND_TYPE_BATCHES
+	f, start, err := s.applyAsync(t, cmd)
+	if err != nil {
+		<-s.inflight
+		fail(group, err)
+		return
+	}
 	go func() {
 		defer func() { <-s.inflight }()
-		resp, err := s.apply(context.Background(), jasperv1.CommandType_COMMAND_TYPE_BATCHES, cmd)
+		resp, err := s.wait(context.Background(), t, f, start)
 		if err != nil {
 			fail(group, err)
 			return

@@ -151,6 +151,8 @@ type Store struct {
 	done     chan struct{}
 	wg       sync.WaitGroup
 
+	ingestAddr string // guarded by mu
+
 	subsMu   sync.Mutex
 	subs     []chan bool
 	isLeader bool
@@ -329,6 +331,25 @@ func (s *Store) IsLeader() bool {
 	return err == nil && r.State() == raft.Leader
 }
 
+// SetIngestAddr sets the ingest address this hub registers when it
+// becomes leader (overrides Config.IngestAddr; call before Start, e.g. once
+// the ingest port is bound).
+func (s *Store) SetIngestAddr(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ingestAddr = addr
+}
+
+// IngestAddr is the ingest address this hub registers.
+func (s *Store) IngestAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ingestAddr != "" {
+		return s.ingestAddr
+	}
+	return s.cfg.IngestAddr
+}
+
 // NodeID is this hub's raft server id.
 func (s *Store) NodeID() string { return s.cfg.NodeID }
 
@@ -415,7 +436,7 @@ func (s *Store) watchLeadership() {
 }
 
 func (s *Store) leaderDuties(ctx context.Context) {
-	reg := &jasperv1.RegisterNodeCommand{NodeId: s.cfg.NodeID, IngestAddress: s.cfg.IngestAddr, RaftAddress: s.RaftAddr(), MaxCommandVersion: CommandVersion}
+	reg := &jasperv1.RegisterNodeCommand{NodeId: s.cfg.NodeID, IngestAddress: s.IngestAddr(), RaftAddress: s.RaftAddr(), MaxCommandVersion: CommandVersion}
 	for attempt := 0; ; attempt++ {
 		if _, err := s.apply(ctx, jasperv1.CommandType_COMMAND_TYPE_REGISTER_NODE, reg); err == nil {
 			break
@@ -485,22 +506,36 @@ func mapRaftErr(s *Store, err error) error {
 
 // apply proposes one command and waits for the FSM's answer.
 func (s *Store) apply(ctx context.Context, t jasperv1.CommandType, msg proto.Message) (any, error) {
-	r, err := s.open()
+	f, start, err := s.applyAsync(t, msg)
 	if err != nil {
 		return nil, err
 	}
+	return s.wait(ctx, t, f, start)
+}
+
+// applyAsync hands one command to raft without waiting; raft keeps the
+// order of applyAsync calls.
+func (s *Store) applyAsync(t jasperv1.CommandType, msg proto.Message) (raft.ApplyFuture, time.Time, error) {
+	r, err := s.open()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
 	if r.State() != raft.Leader {
-		return nil, s.notLeader()
+		return nil, time.Time{}, s.notLeader()
 	}
 	if need := commandMinVersion[t]; need > s.clusterVersion(r) {
-		return nil, fmt.Errorf("%w: %s needs command version %d but a hub of the cluster applies only up to %d: upgrade every hub first", ErrUnknownCommand, t, need, s.clusterVersion(r))
+		return nil, time.Time{}, fmt.Errorf("%w: %s needs command version %d but a hub of the cluster applies only up to %d: upgrade every hub first", ErrUnknownCommand, t, need, s.clusterVersion(r))
 	}
 	data, err := encodeCommand(t, msg)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	start := time.Now()
-	f := r.Apply(data, s.cfg.ApplyTimeout)
+	return r.Apply(data, s.cfg.ApplyTimeout), time.Now(), nil
+}
+
+// wait waits for an applied future; an error from the FSM comes back
+// through Response().
+func (s *Store) wait(ctx context.Context, t jasperv1.CommandType, f raft.ApplyFuture, start time.Time) (any, error) {
 	done := make(chan struct{})
 	go func() { _ = f.Error(); close(done) }()
 	select {
