@@ -1,0 +1,38 @@
+package dashboards
+
+import (
+	"context"
+	"io"
+	"time"
+
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
+
+// FindingRecord is a finding with the analysts' actions on it.
+type FindingRecord struct {
+	Finding       *jasperv1.Finding
+	AckedBy       string
+	AckedAt       time.Time
+	SilencedUntil time.Time
+	Note          string
+}
+
+// FindingsProvider lists the findings the hub holds (open ones and those
+// ended recently), as committed in raft by the detectors.
+type FindingsProvider interface {
+	Findings(ctx context.Context) ([]FindingRecord, error)
+}
+
+// Actions carries an analyst's decision on a finding to alerting. The API
+// has checked that the finding exists and lies in the user's constituency.
+type Actions interface {
+	Acknowledge(ctx context.Context, findingID, user, note string) error
+	Silence(ctx context.Context, findingID, user string, until time.Time, note string) error
+}
+
+// STIXExporter writes findings as a STIX 2.1 bundle. The API passes only
+// findings within the reader's constituency.
+type STIXExporter func(ctx context.Context, w io.Writer, findings []*jasperv1.Finding) error
+
+// CertExpiry returns the NotAfter of each sensor's current certificate.
+type CertExpiry func(ctx context.Context) (map[string]time.Time, error)
