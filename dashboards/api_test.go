@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -234,9 +235,7 @@ func keys(es []Entry) string {
 	return strings.Join(s, " ")
 }
 
-func itoa(v uint64) string { return strings.TrimSpace(strings.Replace(json.Number(jsonNum(v)).String(), "\"", "", -1)) }
-
-func jsonNum(v uint64) string { b, _ := json.Marshal(v); return string(b) }
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
 
 func TestAggregatesAndFilters(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
