@@ -169,10 +169,7 @@ func (m *Module) OnFinding(index uint64, f *jasperv1.Finding) {
 func (m *Module) observe(index uint64, f *jasperv1.Finding, b []byte) {
 	m.st.Index = index
 	m.st.Stats.Findings++
-	at := m.st.NowMs
-	if at == 0 { // no tick yet: the finding's own event time
-		at = max(f.GetUpdatedAtMs(), f.GetDetectedAtMs(), f.GetLastSeenMs())
-	}
+	at := m.st.NowMs // 0 before the first tick: the tick then stamps it
 	for _, t := range m.table.Route(f) {
 		r := m.st.Directory.Find(t.Recipient)
 		if r == nil {
@@ -205,7 +202,7 @@ func (m *Module) tick(index uint64, nowMs int64) {
 			delete(m.st.Groups, id)
 			continue
 		}
-		m.st.Stats.Expired += uint64(g.Expire(now - m.cfg.ExpireAfter.D().Milliseconds()))
+		m.st.Stats.Expired += uint64(g.Expire(now, now-m.cfg.ExpireAfter.D().Milliseconds()))
 		if m.pendingFor(id) >= m.cfg.MaxPendingPerRecipient {
 			m.st.Stats.Backpressured++
 			continue

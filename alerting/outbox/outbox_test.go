@@ -218,6 +218,7 @@ func TestRetryForGivesUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := memraft.New(m)
+	l.Tick(t0)
 	l.Finding(infected(3, "FR")) // cert-fr: one webhook
 	l.Tick(t0.Add(time.Second))
 	task := m.Due(t0.Add(time.Second).UnixMilli(), 10, nil)[0]

@@ -184,10 +184,17 @@ func (g *Group) gc() {
 }
 
 // Expire forgets findings not updated since beforeMs (the detector stopped
-// talking about them); it returns how many.
-func (g *Group) Expire(beforeMs int64) int {
+// talking about them); it returns how many. Findings observed before the
+// first tick (time 0) are stamped with nowMs.
+func (g *Group) Expire(nowMs, beforeMs int64) int {
 	n := 0
 	for id, a := range g.Alerts {
+		if a.UpdatedMs == 0 {
+			a.UpdatedMs = nowMs
+			if !a.Notified {
+				a.PendingSinceMs = nowMs
+			}
+		}
 		if a.UpdatedMs < beforeMs {
 			delete(g.Alerts, id)
 			n++
