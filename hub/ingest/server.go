@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,6 +46,9 @@ type Config struct {
 	MaxInFlight int
 	// RetryAfter is the wait suggested in THROTTLE and NOT_LEADER refusals.
 	RetryAfter time.Duration
+	// AdminIDs restricts the AdminService to these admin certificate ids
+	// (empty: any certificate of role admin).
+	AdminIDs []string
 }
 
 // DefaultConfig returns the defaults.
@@ -254,6 +258,9 @@ func (s *Server) authorize(ctx context.Context, want pki.Role) (*pki.Identity, *
 	}
 	if id.Role != want {
 		return nil, nil, status.Errorf(codes.PermissionDenied, "%s may not call this service (role %s required)", id, want)
+	}
+	if want == pki.RoleAdmin && len(s.cfg.AdminIDs) > 0 && !slices.Contains(s.cfg.AdminIDs, id.ID) {
+		return nil, nil, status.Errorf(codes.PermissionDenied, "%s is not listed in admin.ids", id)
 	}
 	return &id, cert, nil
 }

@@ -340,6 +340,18 @@ func (s *Store) SetIngestAddr(addr string) {
 	s.ingestAddr = addr
 }
 
+// SetLoad turns the pending-load queue on (a loader is attached) or off.
+// Call before Start.
+func (s *Store) SetLoad(on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("store: SetLoad after Start")
+	}
+	s.cfg.Load = on
+	return nil
+}
+
 // IngestAddr is the ingest address this hub registers.
 func (s *Store) IngestAddr() string {
 	s.mu.Lock()

@@ -1,0 +1,343 @@
+package hub
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/jasperfed/jasper/hub/ingest"
+	"github.com/jasperfed/jasper/hub/store"
+	"github.com/jasperfed/jasper/internal/config"
+	"github.com/jasperfed/jasper/internal/pki"
+)
+
+// Config is the hub's YAML configuration (`jasper hub run --config`).
+type Config struct {
+	// NodeID is this hub's raft server id; it should equal the id in the
+	// hub's certificate.
+	NodeID string `yaml:"node_id"`
+	// DataDir holds the raft log, stable store and snapshots.
+	DataDir string `yaml:"data_dir"`
+	// TLS is the hub's certificate (role hub) and the federation CA, used
+	// for raft between hubs and for the gRPC port.
+	TLS           pki.Files     `yaml:"tls"`
+	Log           LogConfig     `yaml:"log"`
+	Raft          RaftConfig    `yaml:"raft"`
+	Ingest        IngestConfig  `yaml:"ingest"`
+	Admin         AdminConfig   `yaml:"admin"`
+	MetricsListen string        `yaml:"metrics_listen"`
+	// TickInterval is how often the leader writes its clock into the log
+	// (the FSM's only notion of time besides batch times).
+	TickInterval config.Duration `yaml:"tick_interval"`
+	// MaxPendingRows bounds the loader queue; past it sensors are told to
+	// hold back (THROTTLE).
+	MaxPendingRows uint64           `yaml:"max_pending_rows"`
+	ClickHouse     ClickHouseConfig `yaml:"clickhouse"`
+
+	// Sections holds the top-level sections of optional components
+	// (enrol, enrich, rollup, detect, alerting, ...). Each must be claimed
+	// by an Extension of the same name (CheckSections), so that a typo is
+	// still an error naming the key.
+	Sections map[string]yaml.Node `yaml:",inline"`
+
+	// Path is the file the configuration was loaded from (not in YAML).
+	Path string `yaml:"-"`
+}
+
+// LogConfig selects the log format and level.
+type LogConfig struct {
+	Format string `yaml:"format"` // text or json
+	Level  string `yaml:"level"`  // debug, info, warn, error
+}
+
+// Peer is a hub of the initial cluster.
+type Peer struct {
+	ID      string `yaml:"id"`
+	Address string `yaml:"address"`
+}
+
+// RaftConfig is the raft section.
+type RaftConfig struct {
+	// Bind is where raft listens; Advertise is the address peers dial
+	// (default Bind).
+	Bind      string `yaml:"bind"`
+	Advertise string `yaml:"advertise"`
+	// Bootstrap creates a new cluster of this hub (and Peers) when the data
+	// folder is empty. Set it on the first hub only, or on every hub of an
+	// initial cluster with the same Peers.
+	Bootstrap          bool            `yaml:"bootstrap"`
+	Peers              []Peer          `yaml:"peers"`
+	HeartbeatTimeout   config.Duration `yaml:"heartbeat_timeout"`
+	ElectionTimeout    config.Duration `yaml:"election_timeout"`
+	LeaderLeaseTimeout config.Duration `yaml:"leader_lease_timeout"`
+	CommitTimeout      config.Duration `yaml:"commit_timeout"`
+	SnapshotInterval   config.Duration `yaml:"snapshot_interval"`
+	SnapshotThreshold  uint64          `yaml:"snapshot_threshold"`
+	TrailingLogs       uint64          `yaml:"trailing_logs"`
+	ApplyTimeout       config.Duration `yaml:"apply_timeout"`
+	// ProposeWindow groups concurrent sensor batches into one raft entry.
+	ProposeWindow   config.Duration `yaml:"propose_window"`
+	MaxGroupBatches int             `yaml:"max_group_batches"`
+	MaxGroupBytes   int             `yaml:"max_group_bytes"`
+}
+
+// IngestConfig is the sensor-facing gRPC port.
+type IngestConfig struct {
+	Listen string `yaml:"listen"`
+	// Advertise is the address followers give sensors in NOT_LEADER
+	// redirects (default Listen).
+	Advertise string `yaml:"advertise"`
+	// InsecurePlaintextForDemo serves without TLS or client
+	// authentication: for a local demo only.
+	InsecurePlaintextForDemo bool            `yaml:"insecure_plaintext_for_demo"`
+	MaxBatchBytes            int             `yaml:"max_batch_bytes"`
+	MaxBatchAge              config.Duration `yaml:"max_batch_age"`
+	MaxClockSkew             config.Duration `yaml:"max_clock_skew"`
+	MaxInFlight              int             `yaml:"max_in_flight"`
+	RetryAfter               config.Duration `yaml:"retry_after"`
+}
+
+// AdminConfig restricts the AdminService.
+type AdminConfig struct {
+	// IDs lists the admin certificate ids allowed to call the
+	// AdminService; empty: every certificate of role admin.
+	IDs []string `yaml:"ids"`
+}
+
+// ClickHouseConfig is where the loader writes. An empty Addr means no
+// ClickHouse: the hub keeps only its embedded state and no loader queue.
+type ClickHouseConfig struct {
+	Addr     string `yaml:"addr"`
+	Database string `yaml:"database"`
+	Username string `yaml:"username"`
+	Password Secret `yaml:"password"`
+}
+
+// Secret is a string that never appears in logs or --check output.
+type Secret string
+
+// LogValue redacts the secret.
+func (s Secret) LogValue() slog.Value {
+	if s == "" {
+		return slog.StringValue("")
+	}
+	return slog.StringValue("REDACTED")
+}
+
+// MarshalYAML redacts the secret.
+func (s Secret) MarshalYAML() (any, error) {
+	if s == "" {
+		return "", nil
+	}
+	return "REDACTED", nil
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	sc := store.DefaultConfig()
+	ic := ingest.DefaultConfig()
+	return Config{
+		DataDir:       "data",
+		Log:           LogConfig{Format: "text", Level: "info"},
+		MetricsListen: "127.0.0.1:9200",
+		Raft: RaftConfig{
+			Bind:               "127.0.0.1:7000",
+			HeartbeatTimeout:   config.Duration(sc.HeartbeatTimeout),
+			ElectionTimeout:    config.Duration(sc.ElectionTimeout),
+			LeaderLeaseTimeout: config.Duration(sc.LeaderLeaseTimeout),
+			CommitTimeout:      config.Duration(sc.CommitTimeout),
+			SnapshotInterval:   config.Duration(sc.SnapshotInterval),
+			SnapshotThreshold:  sc.SnapshotThreshold,
+			TrailingLogs:       sc.TrailingLogs,
+			ApplyTimeout:       config.Duration(sc.ApplyTimeout),
+			ProposeWindow:      config.Duration(sc.ProposeWindow),
+			MaxGroupBatches:    sc.MaxGroupBatches,
+			MaxGroupBytes:      sc.MaxGroupBytes,
+		},
+		Ingest: IngestConfig{
+			Listen:        ic.Listen,
+			MaxBatchBytes: ic.MaxBatchBytes,
+			MaxBatchAge:   config.Duration(ic.MaxBatchAge),
+			MaxClockSkew:  config.Duration(ic.MaxClockSkew),
+			MaxInFlight:   ic.MaxInFlight,
+			RetryAfter:    config.Duration(ic.RetryAfter),
+		},
+		TickInterval:   config.Duration(10 * time.Second),
+		MaxPendingRows: ic.MaxPendingRows,
+		ClickHouse:     ClickHouseConfig{Database: "jasper", Username: "default"},
+	}
+}
+
+// LoadConfig reads path strictly over the defaults and resolves relative
+// paths against the file's folder. It does not Validate.
+func LoadConfig(path string) (Config, error) {
+	c := DefaultConfig()
+	if err := config.Load(path, &c); err != nil {
+		return Config{}, err
+	}
+	c.Path = path
+	c.DataDir = config.Resolve(path, c.DataDir)
+	c.TLS.CA = config.Resolve(path, c.TLS.CA)
+	c.TLS.Cert = config.Resolve(path, c.TLS.Cert)
+	c.TLS.Key = config.Resolve(path, c.TLS.Key)
+	return c, nil
+}
+
+// Resolve makes a path of a section absolute relative to the config file.
+func (c Config) Resolve(p string) string { return config.Resolve(c.Path, p) }
+
+// CheckSections reports a top-level key that no extension claims.
+func (c Config) CheckSections(known ...string) error {
+	ok := map[string]bool{}
+	for _, k := range known {
+		ok[k] = true
+	}
+	var keys []string
+	for k := range c.Sections {
+		if !ok[k] {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if len(keys) > 0 {
+		n := c.Sections[keys[0]]
+		return fmt.Errorf("line %d: unknown key %q (known sections: %v)", n.Line, keys[0], known)
+	}
+	return nil
+}
+
+// Section decodes the top-level section name into dst strictly (unknown
+// keys are errors). A missing section leaves dst unchanged.
+func (c Config) Section(name string, dst any) error {
+	n, ok := c.Sections[name]
+	if !ok {
+		return nil
+	}
+	b, err := yaml.Marshal(&n)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if err := config.Decode(b, dst); err != nil {
+		return fmt.Errorf("%s (line %d): %w", name, n.Line, err)
+	}
+	return nil
+}
+
+func checkAddr(key, addr string, required bool) error {
+	if addr == "" {
+		if required {
+			return fmt.Errorf("%s: missing", key)
+		}
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s: %q is not host:port: %w", key, addr, err)
+	}
+	return nil
+}
+
+// Validate checks the configuration, naming the key at fault.
+func (c Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("node_id: missing")
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir: missing")
+	}
+	if err := c.TLS.Validate("tls"); err != nil {
+		return err
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format: %q (want text or json)", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	for _, a := range []struct {
+		key, addr string
+		required  bool
+	}{
+		{"raft.bind", c.Raft.Bind, true}, {"raft.advertise", c.Raft.Advertise, false},
+		{"ingest.listen", c.Ingest.Listen, true}, {"ingest.advertise", c.Ingest.Advertise, false},
+		{"metrics_listen", c.MetricsListen, false}, {"clickhouse.addr", c.ClickHouse.Addr, false},
+	} {
+		if err := checkAddr(a.key, a.addr, a.required); err != nil {
+			return err
+		}
+	}
+	for i, p := range c.Raft.Peers {
+		if p.ID == "" {
+			return fmt.Errorf("raft.peers[%d].id: missing", i)
+		}
+		if err := checkAddr(fmt.Sprintf("raft.peers[%d].address", i), p.Address, true); err != nil {
+			return err
+		}
+	}
+	if len(c.Raft.Peers) > 0 && !c.Raft.Bootstrap {
+		return errors.New("raft.peers: only used with raft.bootstrap: true (later hubs join with `jasper hub join`)")
+	}
+	if c.TickInterval.D() < 0 {
+		return errors.New("tick_interval: negative")
+	}
+	if c.ClickHouse.Addr != "" && c.ClickHouse.Database == "" {
+		return errors.New("clickhouse.database: missing")
+	}
+	if err := c.storeConfig().Validate(); err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	if err := c.ingestConfig().Validate(); err != nil {
+		return fmt.Errorf("ingest.%w", err)
+	}
+	return nil
+}
+
+func (c Config) storeConfig() store.Config {
+	sc := store.DefaultConfig()
+	sc.NodeID = c.NodeID
+	sc.BindAddr = c.Raft.Bind
+	sc.AdvertiseAddr = c.Raft.Advertise
+	sc.DataDir = c.DataDir
+	sc.Bootstrap = c.Raft.Bootstrap
+	for _, p := range c.Raft.Peers {
+		sc.Peers = append(sc.Peers, store.Peer{ID: p.ID, RaftAddr: p.Address})
+	}
+	sc.TLS = c.TLS
+	sc.IngestAddr = c.Ingest.Advertise
+	sc.TickInterval = c.TickInterval.D()
+	sc.ProposeWindow = c.Raft.ProposeWindow.D()
+	sc.MaxGroupBatches = c.Raft.MaxGroupBatches
+	sc.MaxGroupBytes = c.Raft.MaxGroupBytes
+	sc.ApplyTimeout = c.Raft.ApplyTimeout.D()
+	sc.HeartbeatTimeout = c.Raft.HeartbeatTimeout.D()
+	sc.ElectionTimeout = c.Raft.ElectionTimeout.D()
+	sc.LeaderLeaseTimeout = c.Raft.LeaderLeaseTimeout.D()
+	sc.CommitTimeout = c.Raft.CommitTimeout.D()
+	sc.SnapshotInterval = c.Raft.SnapshotInterval.D()
+	sc.SnapshotThreshold = c.Raft.SnapshotThreshold
+	sc.TrailingLogs = c.Raft.TrailingLogs
+	return sc
+}
+
+func (c Config) ingestConfig() ingest.Config {
+	ic := ingest.DefaultConfig()
+	ic.Listen = c.Ingest.Listen
+	ic.TLS = c.TLS
+	ic.InsecurePlaintextForDemo = c.Ingest.InsecurePlaintextForDemo
+	ic.MaxBatchBytes = c.Ingest.MaxBatchBytes
+	ic.MaxBatchAge = c.Ingest.MaxBatchAge.D()
+	ic.MaxClockSkew = c.Ingest.MaxClockSkew.D()
+	ic.MaxPendingRows = c.MaxPendingRows
+	ic.MaxInFlight = c.Ingest.MaxInFlight
+	ic.RetryAfter = c.Ingest.RetryAfter.D()
+	ic.AdminIDs = c.Admin.IDs
+	return ic
+}
