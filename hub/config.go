@@ -25,12 +25,12 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// TLS is the hub's certificate (role hub) and the federation CA, used
 	// for raft between hubs and for the gRPC port.
-	TLS           pki.Files     `yaml:"tls"`
-	Log           LogConfig     `yaml:"log"`
-	Raft          RaftConfig    `yaml:"raft"`
-	Ingest        IngestConfig  `yaml:"ingest"`
-	Admin         AdminConfig   `yaml:"admin"`
-	MetricsListen string        `yaml:"metrics_listen"`
+	TLS           pki.Files    `yaml:"tls"`
+	Log           LogConfig    `yaml:"log"`
+	Raft          RaftConfig   `yaml:"raft"`
+	Ingest        IngestConfig `yaml:"ingest"`
+	Admin         AdminConfig  `yaml:"admin"`
+	MetricsListen string       `yaml:"metrics_listen"`
 	// TickInterval is how often the leader writes its clock into the log
 	// (the FSM's only notion of time besides batch times).
 	TickInterval config.Duration `yaml:"tick_interval"`

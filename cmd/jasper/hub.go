@@ -246,4 +246,3 @@ func hubLeave(ctx context.Context, args []string) error {
 	fmt.Printf("%s left the cluster\n", *id)
 	return nil
 }
-
