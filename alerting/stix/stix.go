@@ -317,3 +317,6 @@ func Merge(id string, fs []*jasperv1.Finding, m Marking) Bundle {
 	}
 	return Bundle{Type: "bundle", ID: id, Objects: objs}
 }
+
+// UUID5 is a deterministic UUID (version 5) of name in jasper's namespace.
+func UUID5(name string) string { return uuid5(jasperNamespace, name) }
