@@ -1,0 +1,46 @@
+// Package chstore is the hub's ClickHouse storage: the schema and its
+// versioned migrations, retention by dropping daily partitions, and the
+// loader that copies committed batches from the raft log into ClickHouse
+// exactly once (DESIGN.md promise 2).
+//
+// The tables are documented in SCHEMA.md beside this file. All SQL here runs
+// on Debian's clickhouse-server 18.16 and on current releases: no
+// LowCardinality, no IPv6 type, no TTL clause, no SimpleAggregateFunction;
+// every INSERT names its columns.
+//
+// # Exactly once
+//
+// The loader runs only on the raft leader. It reads committed batches that
+// are not yet marked loaded (Source.Pending), inserts them, then marks them
+// loaded through raft (Source.MarkLoaded). A crash, a leader change or a
+// ClickHouse failure can happen between the insert and the mark, so after
+// any (re)start, leader change or error the loader first asks ClickHouse
+// which raft indexes of the pending range are already present, per table
+// (SELECT DISTINCT raft_index ... WHERE raft_index BETWEEN a AND b), and
+// skips those batches in that table. This is exact because every batch is
+// written to each table inside one INSERT block, and ClickHouse writes the
+// rows of one block that fall in one partition as one part, atomically
+// (temporary directory renamed into place). A batch has one bin_start, so
+// all its rows fall in one daily partition: a batch is either wholly
+// present in a table or wholly absent. The loader never splits a batch
+// across blocks, and a native-protocol block is not re-split by the server
+// (max_insert_block_size only applies to blocks the server forms itself).
+//
+// Two fences keep a previous writer from landing an insert after that
+// check: on becoming leader (and at Start) the loader waits leader_settle,
+// which must exceed insert_timeout, the bound on any one insert of the
+// previous leader; and after an insert whose outcome is unknown (an error
+// from sending the block) it waits leader_settle again before re-checking.
+//
+// Materialized views caveat: ClickHouse writes the block to summary first,
+// then to each view's target table, not atomically. If the server dies (or a
+// view's insert fails) between the two, summary holds the batch and the
+// loader will not write it again, so that batch is missing from the rollups
+// while the raw table stays exact. RebuildRollups recomputes one day's
+// rollups from summary for that case.
+//
+// # Concurrency
+//
+// Functions taking a driver.Conn are safe to call concurrently. A Loader's
+// Start and Stop may be called from any goroutine; Stop is idempotent.
+package chstore
