@@ -391,7 +391,7 @@ func (m *Module) Apply(index uint64, payload []byte) (any, error) {
 		d := m.st.Directory.Clone()
 		d.Put(*c.Recipient)
 		if err := d.Validate(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrBadCommand, err)
 		}
 		m.setDirectory(d)
 	case OpDeleteRecipient:

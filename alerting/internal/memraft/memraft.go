@@ -111,3 +111,10 @@ func (n *Node) Propose(ctx context.Context, _ string, payload []byte) (any, erro
 	}
 	return n.l.apply(payload)
 }
+
+// Add appends a replica (before any entry is applied).
+func (l *Log) Add(m *outbox.Module) {
+	l.mu.Lock()
+	l.replicas = append(l.replicas, m)
+	l.mu.Unlock()
+}

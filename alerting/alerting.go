@@ -1,0 +1,219 @@
+// Package alerting delivers the federation's findings to the people who act
+// on them: the CERT of the infected host's country, organisations that
+// registered their address blocks, and early-warning subscribers.
+//
+// It wires the parts: the recipients directory (alerting/directory), the
+// replicated outbox module that routes, groups and keeps every delivery
+// until done (alerting/outbox, registered with the raft store), the
+// leader's delivery worker with its e-mail (alerting/email) and webhook
+// (alerting/webhook) senders, the read-only TAXII 2.1 server
+// (alerting/taxii) and the admin API (AdminHandler).
+//
+// Hub wiring, in order:
+//
+//	a, err := alerting.New(cfg, alerting.Deps{Store: st, Log: log, Registerer: reg, Node: nodeID})
+//	st.RegisterModule(a.Module())           // before the store starts
+//	detector findings -> a.Module().OnFinding(index, f) inside the FSM apply
+//	a.Start(ctx) ... a.Stop(ctx)            // after the store starts / before it stops
+//	mux.Handle("/api/v1/alerting/", a.AdminHandler())
+//	mux.Handle("/taxii2/", a.TAXIIHandler())
+package alerting
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jasperfed/jasper/alerting/directory"
+	"github.com/jasperfed/jasper/alerting/email"
+	"github.com/jasperfed/jasper/alerting/outbox"
+	"github.com/jasperfed/jasper/alerting/taxii"
+	"github.com/jasperfed/jasper/alerting/webhook"
+)
+
+// Config is the "alerting" section of the hub configuration.
+type Config struct {
+	// RecipientsFile is the recipients directory YAML (resolve it against
+	// the config file before New). Every hub must load the same file; admin
+	// API changes are replicated on top of it.
+	RecipientsFile string              `yaml:"recipients_file"`
+	Outbox         outbox.Config       `yaml:"outbox"`
+	Worker         outbox.WorkerConfig `yaml:"worker"`
+	// SMTP relay; nil disables e-mail (deliveries wait in the outbox).
+	SMTP *email.Config `yaml:"smtp"`
+	// SMTPCAFile adds a CA to trust for the relay (besides system roots).
+	SMTPCAFile string       `yaml:"smtp_ca_file"`
+	TAXII      taxii.Config `yaml:"taxii"`
+	// AdminPrefix is where AdminHandler is mounted.
+	AdminPrefix string `yaml:"admin_prefix"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Outbox: outbox.DefaultConfig(), Worker: outbox.DefaultWorkerConfig(), TAXII: taxii.DefaultConfig(), AdminPrefix: "/api/v1/alerting/"}
+}
+
+// Validate names the bad key.
+func (c *Config) Validate() error {
+	if err := c.Outbox.Validate(); err != nil {
+		return fmt.Errorf("outbox.%w", err)
+	}
+	if err := c.Worker.Validate(); err != nil {
+		return fmt.Errorf("worker.%w", err)
+	}
+	if c.SMTP != nil {
+		if err := c.SMTP.Validate(); err != nil {
+			return fmt.Errorf("smtp.%w", err)
+		}
+	}
+	if c.AdminPrefix == "" || c.AdminPrefix[0] != '/' || c.AdminPrefix[len(c.AdminPrefix)-1] != '/' {
+		return errors.New("admin_prefix: must start and end with /")
+	}
+	return nil
+}
+
+// LogValue implements slog.LogValuer (no secrets).
+func (c Config) LogValue() slog.Value {
+	attrs := []slog.Attr{slog.String("recipients_file", c.RecipientsFile)}
+	if c.SMTP != nil {
+		attrs = append(attrs, slog.Any("smtp", *c.SMTP))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// Deps are the collaborators.
+type Deps struct {
+	// Store is the raft store (Propose, IsLeader).
+	Store outbox.Proposer
+	Log   *slog.Logger
+	// Registerer for metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Node names this hub in the audit log.
+	Node string
+	// Directory overrides RecipientsFile (tests, embedded demo).
+	Directory *directory.Directory
+	// HTTPClient for webhooks (nil: default transport, system roots).
+	HTTPClient *http.Client
+	// SMTPTLS overrides the relay TLS configuration.
+	SMTPTLS *tls.Config
+	// Authorize decides admin API access (nil: DefaultAuthorize).
+	Authorize Authorizer
+}
+
+// Alerting is the assembled alerting component; it implements the hub's
+// Service interface (Start, Stop).
+type Alerting struct {
+	cfg    Config
+	log    *slog.Logger
+	module *outbox.Module
+	worker *outbox.Worker
+	taxii  *taxii.Server
+	admin  http.Handler
+
+	stopOnce sync.Once
+}
+
+// New builds everything; nothing runs until Start.
+func New(cfg Config, deps Deps) (*Alerting, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("alerting config: %w", err)
+	}
+	if deps.Store == nil {
+		return nil, errors.New("alerting: store required")
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var dir directory.Directory
+	switch {
+	case deps.Directory != nil:
+		dir = deps.Directory.Clone()
+		if err := dir.Validate(); err != nil {
+			return nil, fmt.Errorf("alerting recipients: %w", err)
+		}
+	case cfg.RecipientsFile != "":
+		d, err := directory.Load(cfg.RecipientsFile)
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+	default:
+		dir = directory.Directory{Defaults: directory.DefaultRouting()}
+	}
+	m, err := outbox.New(cfg.Outbox, dir, log)
+	if err != nil {
+		return nil, err
+	}
+	senders := map[string]outbox.Sender{"webhook": webhook.New(deps.HTTPClient)}
+	if cfg.SMTP != nil {
+		tc := deps.SMTPTLS
+		if tc == nil {
+			tc = &tls.Config{ServerName: cfg.SMTP.Host, MinVersion: tls.VersionTLS12}
+			if cfg.SMTPCAFile != "" {
+				pem, err := os.ReadFile(cfg.SMTPCAFile)
+				if err != nil {
+					return nil, fmt.Errorf("alerting smtp_ca_file: %w", err)
+				}
+				pool, err := x509.SystemCertPool()
+				if err != nil {
+					pool = x509.NewCertPool()
+				}
+				if !pool.AppendCertsFromPEM(pem) {
+					return nil, fmt.Errorf("alerting smtp_ca_file %s: no certificate", cfg.SMTPCAFile)
+				}
+				tc.RootCAs = pool
+			}
+		}
+		s, err := email.New(*cfg.SMTP, tc)
+		if err != nil {
+			return nil, err
+		}
+		senders["email"] = s
+	}
+	w, err := outbox.NewWorker(cfg.Worker, outbox.WorkerDeps{Module: m, Store: deps.Store, Senders: senders, Log: log, Registerer: deps.Registerer, Node: deps.Node})
+	if err != nil {
+		return nil, err
+	}
+	tx, err := taxii.New(cfg.TAXII, m, log)
+	if err != nil {
+		return nil, err
+	}
+	auth := deps.Authorize
+	if auth == nil {
+		auth = DefaultAuthorize(m)
+	}
+	a := &Alerting{cfg: cfg, log: log.With("component", "alerting"), module: m, worker: w, taxii: tx}
+	a.admin = newAdmin(cfg.AdminPrefix, m, deps.Store, auth, a.log)
+	return a, nil
+}
+
+// Module is the FSM module to register with the raft store.
+func (a *Alerting) Module() *outbox.Module { return a.module }
+
+// Start runs the delivery worker (it acts only while this hub leads).
+func (a *Alerting) Start(ctx context.Context) error {
+	a.worker.Start(context.WithoutCancel(ctx))
+	a.log.Info("alerting_started", "config", a.cfg)
+	return nil
+}
+
+// Stop ends the worker; idempotent.
+func (a *Alerting) Stop(context.Context) error {
+	a.stopOnce.Do(a.worker.Stop)
+	return nil
+}
+
+// TAXIIHandler serves TAXII 2.1 under cfg.TAXII.Prefix ("/taxii2/").
+func (a *Alerting) TAXIIHandler() http.Handler { return a.taxii }
+
+// AdminHandler serves the admin API under cfg.AdminPrefix.
+func (a *Alerting) AdminHandler() http.Handler { return a.admin }
