@@ -1,0 +1,879 @@
+package detect
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/jasperfed/jasper/hub/enrich"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
+
+// ModuleName is the name the detectors register under in the FSM.
+const ModuleName = "detect"
+
+// Deps are the Detector's dependencies; nil values are allowed.
+type Deps struct {
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Stats counts what the detectors saw and every bound they hit. It is part
+// of the replicated state.
+type Stats struct {
+	Batches         uint64 // batches seen
+	Rows            uint64 // rows seen
+	BadRows         uint64 // rows with a malformed source address
+	BogonRows       uint64 // rows from bogon sources (skipped unless include_bogon_sources)
+	ResearchRows    uint64 // rows from research scanners (never alerted on)
+	BackscatterRows uint64 // rows judged as backscatter (DoS path)
+	LateRows        uint64 // rows for a bin already judged (surges skip them)
+	BinsClosed      uint64 // bins judged by the surge detectors
+	BinsForced      uint64 // bins judged early because too many were open
+	BinSetDropped   uint64 // sources not counted in a bin because it was full
+	HostsEvicted    uint64 // infected-host candidates evicted at max_hosts
+	VictimsEvicted  uint64 // DoS candidates evicted at max_victims
+	SeriesEvicted   uint64 // surge baselines dropped at max_series
+	FindingsNew     uint64 // findings raised
+	FindingsEnded   uint64 // findings ended (quiet, command or eviction)
+	FindingsEvicted uint64 // open findings ended early at max_open_findings
+}
+
+// Filter selects findings; zero fields select everything.
+type Filter struct {
+	Types  []jasperv1.FindingType
+	States []jasperv1.FindingState
+	// SinceMs keeps findings updated at or after this event time.
+	SinceMs int64
+	// Country keeps findings whose source country or subject country is it.
+	Country string
+	// Limit caps the result (0: no cap).
+	Limit int
+}
+
+// openFinding is a finding still open and when it was last announced.
+type openFinding struct {
+	f         *jasperv1.Finding
+	subject   string
+	announced int64
+}
+
+// Detector runs every detector as one deterministic FSM module. Build it
+// with New; register it with the raft store (it implements store.Module).
+//
+// Concurrency: OnBatch, OnTick, Apply, Snapshot and Restore are called by
+// the FSM one at a time; Findings, Stats and OnFinding may be called from
+// any goroutine. OnFinding callbacks run inside OnBatch/OnTick/Apply after
+// the state change, with no lock held; they must not block.
+type Detector struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	fpInst  map[string]bool
+	binMs   int64
+	mu      sync.Mutex
+	st      *state
+	subsMu  sync.Mutex
+	subs    []func(*jasperv1.Finding)
+	pending []*jasperv1.Finding
+	epoch   uint64 // transient batch counter for touched-subject dedup
+	touched []*subject
+	victims []*subject
+}
+
+// state is everything replicated.
+type state struct {
+	nowMs       int64
+	lastSweepMs int64
+	hosts       lru
+	victims     lru
+	bins        map[int64]*openBin
+	ports       seriesSet
+	fps         seriesSet
+	countries   seriesSet
+	open        map[string]*openFinding // by subject key
+	byID        map[string]*openFinding
+	ended       []*jasperv1.Finding
+	stats       Stats
+}
+
+func newState() *state {
+	return &state{
+		hosts: newLRU(), victims: newLRU(), bins: map[int64]*openBin{},
+		ports: newSeriesSet(), fps: newSeriesSet(), countries: newSeriesSet(),
+		open: map[string]*openFinding{}, byID: map[string]*openFinding{},
+	}
+}
+
+// New builds the detectors.
+func New(cfg Config, deps Deps) (*Detector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("detect config: %w", err)
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Detector{
+		cfg:    cfg,
+		log:    log.With("component", "detect"),
+		m:      newMetrics(deps.Registerer),
+		fpInst: map[string]bool{},
+		binMs:  cfg.Bin.Milliseconds(),
+		st:     newState(),
+	}
+	for _, f := range cfg.Infected.Fingerprints {
+		d.fpInst[f] = true
+	}
+	return d, nil
+}
+
+// Name implements the store's Module interface.
+func (d *Detector) Name() string { return ModuleName }
+
+// OnFinding subscribes fn to every new finding, every ended finding, and
+// continuing findings whose evidence grew (at most every update_every of
+// event time per finding). fn gets its own copy.
+func (d *Detector) OnFinding(fn func(*jasperv1.Finding)) {
+	d.subsMu.Lock()
+	d.subs = append(d.subs, fn)
+	d.subsMu.Unlock()
+}
+
+// flush delivers the pending announcements, outside the state lock.
+func (d *Detector) flush() {
+	d.mu.Lock()
+	p := d.pending
+	d.pending = nil
+	d.mu.Unlock()
+	if len(p) == 0 {
+		return
+	}
+	d.subsMu.Lock()
+	subs := slices.Clone(d.subs)
+	d.subsMu.Unlock()
+	for _, f := range p {
+		for _, fn := range subs {
+			fn(proto.Clone(f).(*jasperv1.Finding))
+		}
+	}
+}
+
+// row is one summary row, decoded for the detectors.
+type row struct {
+	addr          netip.Addr
+	key           addrKey
+	proto         uint8
+	port          uint32
+	portKnown     bool
+	icmpType      uint32
+	class         jasperv1.TrafficClass
+	packets       uint64
+	bytes         uint64
+	dstIPs        uint32
+	distinctPorts uint32
+	overflow      bool
+	t0, t1        int64 // event time, Unix ms
+	bin           int64 // detector bin start, Unix s
+	label         jasperv1.SourceLabel
+	country       string
+	asn           uint32
+	fps           []fpCount
+}
+
+func col[T any](c []T, i int) T {
+	if i < len(c) {
+		return c[i]
+	}
+	var z T
+	return z
+}
+
+// backscatter reports the classes answered to spoofed packets (DESIGN.md):
+// SYN/ACK, RST, and ICMP echo reply and error types. The ICMP judgement
+// uses the outer type only: summary rows carry no quoted inner header.
+func backscatter(r *row) bool {
+	switch r.class {
+	case jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYNACK, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_RST:
+		return true
+	case jasperv1.TrafficClass_TRAFFIC_CLASS_ICMP:
+		if r.proto == 58 {
+			return r.icmpType <= 4 || r.icmpType == 129
+		}
+		switch r.icmpType {
+		case 0, 3, 4, 5, 11, 12, 14, 16, 18:
+			return true
+		}
+	}
+	return false
+}
+
+// OnBatch feeds one committed batch to every detector. Infected hosts and
+// DoS victims are judged at once, on the batch that crosses the
+// threshold; surges are judged when their bin closes (OnTick).
+func (d *Detector) OnBatch(index uint64, cb *jasperv1.CommittedBatch) {
+	d.mu.Lock()
+	d.onBatch(index, cb)
+	d.mu.Unlock()
+	d.flush()
+}
+
+func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
+	st := d.st
+	b := cb.GetBatch()
+	rows := b.GetRows()
+	n := len(rows.GetSrcIp())
+	st.stats.Batches++
+	st.stats.Rows += uint64(n)
+	d.m.rows.Add(float64(n))
+	if n == 0 {
+		return
+	}
+	en := cb.GetEnrichment()
+	if len(en.GetSrcLabel()) != n {
+		en = nil
+	}
+	binS := d.cfg.Bin.Milliseconds() / 1000
+	bin := b.GetBinStart() - mod(b.GetBinStart(), binS)
+	binStartMs := b.GetBinStart() * 1000
+	var ob *openBin
+	if bin*1000+d.binMs+d.cfg.CloseDelay.Milliseconds() > st.nowMs {
+		ob = d.bin(index, bin)
+	}
+	var fpCols []*jasperv1.FingerprintColumn
+	for _, c := range rows.GetFingerprints() {
+		if len(c.GetPackets()) == n {
+			fpCols = append(fpCols, c)
+		}
+	}
+	sensor := cb.GetSensorId()
+	d.epoch++
+	d.touched, d.victims = d.touched[:0], d.victims[:0]
+	var r row
+	for i := range n {
+		addr, ok := netip.AddrFromSlice(rows.SrcIp[i])
+		if !ok {
+			st.stats.BadRows++
+			continue
+		}
+		addr = addr.Unmap()
+		r = row{
+			addr: addr, key: addrKey(addr.As16()),
+			proto:    uint8(col(rows.Protocol, i)),
+			port:     col(rows.DstPort, i),
+			icmpType: col(rows.IcmpType, i),
+			class:    col(rows.Class, i),
+			packets:  col(rows.Packets, i), bytes: col(rows.Bytes, i),
+			dstIPs: col(rows.DstIps, i), distinctPorts: col(rows.DistinctPorts, i),
+			overflow: col(rows.Overflow, i),
+			t0:       binStartMs + int64(col(rows.FirstSeenMs, i)),
+			t1:       binStartMs + int64(col(rows.LastSeenMs, i)),
+			bin:      bin, fps: r.fps[:0],
+		}
+		r.portKnown = (r.proto == 6 || r.proto == 17) && !r.overflow
+		if r.t1 < r.t0 {
+			r.t1 = r.t0
+		}
+		if en != nil {
+			r.label, r.country, r.asn = en.SrcLabel[i], col(en.SrcCountry, i), col(en.SrcAsn, i)
+		} else if enrich.IsBogon(addr) {
+			r.label = jasperv1.SourceLabel_SOURCE_LABEL_BOGON
+		}
+		for _, c := range fpCols {
+			if p := c.Packets[i]; p > 0 {
+				r.fps = append(r.fps, fpCount{c.GetName(), p})
+			}
+		}
+		switch r.label {
+		case jasperv1.SourceLabel_SOURCE_LABEL_RESEARCH:
+			st.stats.ResearchRows++
+			d.m.research.Inc()
+			continue
+		case jasperv1.SourceLabel_SOURCE_LABEL_BOGON:
+			st.stats.BogonRows++
+			if !d.cfg.IncludeBogonSources {
+				continue
+			}
+		}
+		if backscatter(&r) {
+			st.stats.BackscatterRows++
+			if d.cfg.DoS.Enabled {
+				d.dosRow(&r, sensor)
+			}
+			continue
+		}
+		if d.cfg.Infected.Enabled {
+			d.infectedRow(&r, sensor)
+		}
+		if ob != nil {
+			ob.addRow(d, &r, sensor)
+		} else {
+			st.stats.LateRows++
+		}
+	}
+	for _, h := range d.touched {
+		d.judgeHost(index, h, ob, sensor)
+	}
+	for _, v := range d.victims {
+		d.judgeVictim(index, v)
+	}
+	d.m.openFindings.Set(float64(len(st.open)))
+}
+
+func mod(a, b int64) int64 {
+	m := a % b
+	if m < 0 {
+		m += b
+	}
+	return m
+}
+
+// infectedRow adds a scan-like row to its host.
+func (d *Detector) infectedRow(r *row, sensor string) {
+	st := d.st
+	h, created := st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
+	if created {
+		st.stats.HostsEvicted = st.hosts.evicted
+	}
+	if h.finding == "" && h.ev.packets > 0 && r.t0 > h.winStart+d.cfg.Infected.Window.Milliseconds() {
+		h.ev.reset() // the window expired without reaching the thresholds
+	}
+	if h.ev.packets == 0 {
+		h.winStart = r.t0
+	}
+	h.ev.addRow(r, sensor)
+	h.country, h.asn = r.country, r.asn
+	if h.epoch != d.epoch {
+		h.epoch = d.epoch
+		d.touched = append(d.touched, h)
+	}
+}
+
+// judgeHost raises or updates the host's infected-host finding.
+func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor string) {
+	cfg := &d.cfg.Infected
+	st := d.st
+	var fp string
+	for _, c := range h.ev.fps {
+		if d.fpInst[c.name] {
+			fp = c.name
+			break
+		}
+	}
+	if h.finding == "" {
+		dst := h.ev.dst.total()
+		byDst := h.ev.packets >= cfg.MinPackets && dst >= cfg.MinDstIPs
+		byPorts := cfg.MinPorts > 0 && h.ev.packets >= cfg.MinPackets && h.ev.portsEst >= cfg.MinPorts
+		if !byDst && !byPorts && fp == "" {
+			return
+		}
+		var why string
+		switch {
+		case fp != "":
+			why = fmt.Sprintf("sent %d packets carrying the %s fingerprint into the darknet", fpPackets(h.ev.fps, fp), fp)
+		case byDst:
+			why = fmt.Sprintf("sent %d packets to about %d distinct dark addresses", h.ev.packets, dst)
+		default:
+			why = fmt.Sprintf("sent %d packets to %d distinct ports of dark addresses", h.ev.packets, h.ev.portsEst)
+		}
+		a := netip.AddrFrom16(h.key).Unmap()
+		f := &jasperv1.Finding{
+			Type:    jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST,
+			SrcIp:   a.AsSlice(),
+			Summary: fmt.Sprintf("%s (%s AS%d) %s: almost surely infected", a, orUnknown(h.country), h.asn, why),
+		}
+		d.raise(index, "ih|"+string(h.key[:]), f, h.ev.last)
+		h.finding = f.Id
+	}
+	of := st.byID[h.finding]
+	if of == nil {
+		h.finding = ""
+		return
+	}
+	f := of.f
+	f.SrcCountry, f.SrcAsn = h.country, h.asn
+	h.ev.fill(f)
+	d.touch(index, of, h.ev.last)
+	if ob != nil && h.country != "" && d.cfg.CountrySurge.Enabled {
+		ob.add(&ob.cc, h.country, keyHash(h.key), h.country, sensor, d.cfg, &st.stats)
+	}
+}
+
+func fpPackets(fps []fpCount, name string) uint64 {
+	for _, f := range fps {
+		if f.name == name {
+			return f.n
+		}
+	}
+	return 0
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "country unknown"
+	}
+	return s
+}
+
+// dosRow adds a backscatter row to its victim.
+func (d *Detector) dosRow(r *row, sensor string) {
+	st := d.st
+	v, created := st.victims.touch(r.key, d.cfg.DoS.MaxVictims)
+	if created {
+		st.stats.VictimsEvicted = st.victims.evicted
+	}
+	if v.ev.packets > 0 && r.t0 > v.ev.last+d.cfg.DoS.FlowTimeout.Milliseconds() {
+		// A new attack: the previous one ended with the silence.
+		v.ev.reset()
+		v.minutes, v.maxMinute = nil, 0
+	}
+	v.ev.addRow(r, sensor)
+	// Packets of a row are spread between its first and last packet;
+	// attribute them to the minutes they span, evenly.
+	m0, m1 := r.t0/60000, r.t1/60000
+	if m1-m0 > 60 {
+		m0 = m1 - 60
+	}
+	span := uint64(m1 - m0 + 1)
+	for m := m0; m <= m1; m++ {
+		share := r.packets / span
+		if m == m0 {
+			share += r.packets % span
+		}
+		v.addMinute(m, share)
+	}
+	v.country, v.asn = r.country, r.asn
+	if v.epoch != d.epoch {
+		v.epoch = d.epoch
+		d.victims = append(d.victims, v)
+	}
+}
+
+// judgeVictim raises or updates the DoS-victim finding (RS-DoS rule).
+func (d *Detector) judgeVictim(index uint64, v *subject) {
+	cfg := &d.cfg.DoS
+	if v.finding == "" {
+		if v.ev.packets < cfg.MinPackets || v.ev.last-v.ev.first < cfg.MinDuration.Milliseconds() || v.maxMinute < cfg.MinPacketsPerMinute {
+			return
+		}
+		a := netip.AddrFrom16(v.key).Unmap()
+		f := &jasperv1.Finding{
+			Type:  jasperv1.FindingType_FINDING_TYPE_DOS_VICTIM,
+			SrcIp: a.AsSlice(),
+			Summary: fmt.Sprintf("%s (%s AS%d) sent %d backscatter packets over %s (up to %d in a minute): a DoS victim answering spoofed packets",
+				a, orUnknown(v.country), v.asn, v.ev.packets, time.Duration(v.ev.last-v.ev.first)*time.Millisecond, v.maxMinute),
+		}
+		d.raise(index, "dv|"+string(v.key[:]), f, v.ev.last)
+		v.finding = f.Id
+	}
+	of := d.st.byID[v.finding]
+	if of == nil {
+		v.finding = ""
+		return
+	}
+	f := of.f
+	f.SrcCountry, f.SrcAsn = v.country, v.asn
+	v.ev.fill(f)
+	f.Observed = float64(v.maxMinute)
+	d.touch(index, of, v.ev.last)
+}
+
+// findingID is stable: the finding's type, subject and the raft index that
+// raised it.
+func findingID(t jasperv1.FindingType, subject string, index uint64) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d|%s|%d", t, subject, index)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// raise opens a new finding for subject (the caller fills the evidence and
+// then calls touch).
+func (d *Detector) raise(index uint64, subject string, f *jasperv1.Finding, atMs int64) {
+	st := d.st
+	if len(st.open) >= d.cfg.MaxOpenFindings {
+		d.evictOldest()
+	}
+	f.Id = findingID(f.Type, subject, index)
+	f.State = jasperv1.FindingState_FINDING_STATE_NEW
+	f.DetectedAtMs = atMs
+	f.UpdatedAtMs = atMs
+	f.UpdatedIndex = index
+	of := &openFinding{f: f, subject: subject, announced: -1}
+	st.open[subject] = of
+	st.byID[f.Id] = of
+	st.stats.FindingsNew++
+	d.m.findings.WithLabelValues(typeName(f.Type), "new").Inc()
+}
+
+// touch records an update of an open finding and announces it when new,
+// or when update_every passed since its last announcement.
+func (d *Detector) touch(index uint64, of *openFinding, atMs int64) {
+	f := of.f
+	if of.announced >= 0 {
+		f.State = jasperv1.FindingState_FINDING_STATE_CONTINUING
+	}
+	f.UpdatedAtMs = max(f.UpdatedAtMs, atMs)
+	f.UpdatedIndex = index
+	if of.announced < 0 || f.UpdatedAtMs-of.announced >= d.cfg.UpdateEvery.Milliseconds() {
+		of.announced = f.UpdatedAtMs
+		d.pending = append(d.pending, proto.Clone(f).(*jasperv1.Finding))
+	}
+}
+
+// end closes an open finding and announces it.
+func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
+	st := d.st
+	f := of.f
+	f.State = jasperv1.FindingState_FINDING_STATE_ENDED
+	f.UpdatedAtMs = max(f.UpdatedAtMs, atMs)
+	f.UpdatedIndex = index
+	if why != "" {
+		f.Summary += "; ended: " + why
+	}
+	delete(st.open, of.subject)
+	delete(st.byID, f.Id)
+	st.ended = append(st.ended, f)
+	if over := len(st.ended) - d.cfg.MaxEndedFindings; over > 0 {
+		st.ended = slices.Delete(st.ended, 0, over)
+	}
+	st.stats.FindingsEnded++
+	d.m.findings.WithLabelValues(typeName(f.Type), "ended").Inc()
+	// Free the subject so that new activity opens a new finding.
+	var k addrKey
+	if len(f.SrcIp) == 4 || len(f.SrcIp) == 16 {
+		a, _ := netip.AddrFromSlice(f.SrcIp)
+		k = addrKey(a.As16())
+	}
+	switch f.Type {
+	case jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST:
+		if h := st.hosts.get(k); h != nil && h.finding == f.Id {
+			h.finding = ""
+			h.ev.reset()
+		}
+	case jasperv1.FindingType_FINDING_TYPE_DOS_VICTIM:
+		if v := st.victims.get(k); v != nil && v.finding == f.Id {
+			v.finding = ""
+			v.ev.reset()
+			v.minutes, v.maxMinute = nil, 0
+		}
+	}
+	d.pending = append(d.pending, proto.Clone(f).(*jasperv1.Finding))
+}
+
+// evictOldest ends the open finding updated longest ago (ties: id order).
+func (d *Detector) evictOldest() {
+	var old *openFinding
+	for _, of := range d.st.open {
+		if old == nil || of.f.UpdatedAtMs < old.f.UpdatedAtMs ||
+			(of.f.UpdatedAtMs == old.f.UpdatedAtMs && of.f.Id < old.f.Id) {
+			old = of
+		}
+	}
+	if old != nil {
+		d.st.stats.FindingsEvicted++
+		d.end(old.f.UpdatedIndex, old, old.f.UpdatedAtMs, "evicted at max_open_findings")
+	}
+}
+
+func typeName(t jasperv1.FindingType) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "FINDING_TYPE_"))
+}
+
+// OnTick advances event time: it judges the bins whose close time passed
+// and ends findings quiet for quiet_period.
+func (d *Detector) OnTick(index uint64, now time.Time) {
+	d.mu.Lock()
+	d.onTick(index, now.UnixMilli())
+	d.mu.Unlock()
+	d.flush()
+}
+
+func (d *Detector) onTick(index uint64, nowMs int64) {
+	st := d.st
+	if nowMs <= st.nowMs {
+		return
+	}
+	st.nowMs = nowMs
+	starts := make([]int64, 0, len(st.bins))
+	for s := range st.bins {
+		if s*1000+d.binMs+d.cfg.CloseDelay.Milliseconds() <= nowMs {
+			starts = append(starts, s)
+		}
+	}
+	slices.Sort(starts)
+	for _, s := range starts {
+		d.closeBin(index, st.bins[s])
+		delete(st.bins, s)
+	}
+	// Ending and sweeping cost a pass over the open findings and tracked
+	// subjects: at most once per 10 s of event time.
+	if nowMs-st.lastSweepMs < 10_000 {
+		return
+	}
+	st.lastSweepMs = nowMs
+	quiet := d.cfg.QuietPeriod.Milliseconds()
+	var ending []*openFinding
+	for _, of := range st.open {
+		if of.f.LastSeenMs+quiet <= nowMs {
+			ending = append(ending, of)
+		}
+	}
+	slices.SortFunc(ending, func(a, b *openFinding) int { return strings.Compare(a.f.Id, b.f.Id) })
+	for _, of := range ending {
+		d.end(index, of, nowMs, fmt.Sprintf("quiet for %s", d.cfg.QuietPeriod))
+	}
+	st.hosts.sweep(nowMs - d.cfg.Infected.Window.Milliseconds())
+	st.victims.sweep(nowMs - d.cfg.DoS.FlowTimeout.Milliseconds())
+	d.m.openFindings.Set(float64(len(st.open)))
+	d.m.hosts.Set(float64(st.hosts.l.Len()))
+	d.m.victims.Set(float64(st.victims.l.Len()))
+}
+
+// command is the JSON payload of Apply.
+type command struct {
+	// Op "end" ends the finding Id (an analyst closes it).
+	Op     string `json:"op"`
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+}
+
+// ErrUnknownFinding: no open finding has that id.
+var ErrUnknownFinding = errors.New("unknown finding")
+
+// EndCommand is the payload that ends an open finding through Apply.
+func EndCommand(id, reason string) []byte {
+	b, _ := json.Marshal(command{Op: "end", ID: id, Reason: reason})
+	return b
+}
+
+// Apply runs a command proposed for this module: {"op":"end","id":...,
+// "reason":...} ends an open finding and returns its final state.
+func (d *Detector) Apply(index uint64, payload []byte) (any, error) {
+	var c command
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, fmt.Errorf("detect command: %w", err)
+	}
+	if c.Op != "end" {
+		return nil, fmt.Errorf("detect command: unknown op %q", c.Op)
+	}
+	d.mu.Lock()
+	of := d.st.byID[c.ID]
+	if of == nil {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("end %q: %w", c.ID, ErrUnknownFinding)
+	}
+	why := "ended by command"
+	if c.Reason != "" {
+		why += ": " + c.Reason
+	}
+	d.end(index, of, d.st.nowMs, why)
+	out := proto.Clone(of.f).(*jasperv1.Finding)
+	d.mu.Unlock()
+	d.flush()
+	return out, nil
+}
+
+// Findings returns copies of the findings that match, open ones and the
+// ended ones kept, newest update first (ties: id).
+func (d *Detector) Findings(fl Filter) []*jasperv1.Finding {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*jasperv1.Finding
+	match := func(f *jasperv1.Finding) bool {
+		if len(fl.Types) > 0 && !slices.Contains(fl.Types, f.Type) {
+			return false
+		}
+		if len(fl.States) > 0 && !slices.Contains(fl.States, f.State) {
+			return false
+		}
+		if f.UpdatedAtMs < fl.SinceMs {
+			return false
+		}
+		if fl.Country != "" && f.SrcCountry != fl.Country && f.Country != fl.Country {
+			return false
+		}
+		return true
+	}
+	for _, of := range d.st.open {
+		if match(of.f) {
+			out = append(out, of.f)
+		}
+	}
+	for _, f := range d.st.ended {
+		if match(f) {
+			out = append(out, f)
+		}
+	}
+	slices.SortFunc(out, func(a, b *jasperv1.Finding) int {
+		if a.UpdatedAtMs != b.UpdatedAtMs {
+			if a.UpdatedAtMs > b.UpdatedAtMs {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Id, b.Id)
+	})
+	if fl.Limit > 0 && len(out) > fl.Limit {
+		out = out[:fl.Limit]
+	}
+	for i, f := range out {
+		out[i] = proto.Clone(f).(*jasperv1.Finding)
+	}
+	return out
+}
+
+// Stats returns the counters.
+func (d *Detector) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.st.stats
+	s.HostsEvicted, s.VictimsEvicted = d.st.hosts.evicted, d.st.victims.evicted
+	s.SeriesEvicted = d.st.ports.evicted + d.st.fps.evicted + d.st.countries.evicted
+	return s
+}
+
+const snapshotMagic = "jasper-detect-v1"
+
+// Snapshot writes the whole state; equal states give equal bytes.
+func (d *Detector) Snapshot(w io.Writer) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	bw := bufio.NewWriterSize(w, 1<<16)
+	e := &enc{w: bw}
+	st := d.st
+	e.s(snapshotMagic)
+	e.i(st.nowMs)
+	e.i(st.lastSweepMs)
+	st.hosts.encode(e)
+	st.victims.encode(e)
+	starts := make([]int64, 0, len(st.bins))
+	for s := range st.bins {
+		starts = append(starts, s)
+	}
+	slices.Sort(starts)
+	e.u(uint64(len(starts)))
+	for _, s := range starts {
+		st.bins[s].encode(e)
+	}
+	st.ports.encode(e)
+	st.fps.encode(e)
+	st.countries.encode(e)
+	subjects := make([]string, 0, len(st.open))
+	for s := range st.open {
+		subjects = append(subjects, s)
+	}
+	slices.Sort(subjects)
+	e.u(uint64(len(subjects)))
+	mo := proto.MarshalOptions{Deterministic: true}
+	for _, s := range subjects {
+		of := st.open[s]
+		e.s(s)
+		e.i(of.announced)
+		b, err := mo.Marshal(of.f)
+		if err != nil {
+			return fmt.Errorf("snapshot finding: %w", err)
+		}
+		e.bytes(b)
+	}
+	e.u(uint64(len(st.ended)))
+	for _, f := range st.ended {
+		b, err := mo.Marshal(f)
+		if err != nil {
+			return fmt.Errorf("snapshot finding: %w", err)
+		}
+		e.bytes(b)
+	}
+	s := st.stats
+	for _, v := range []uint64{s.Batches, s.Rows, s.BadRows, s.BogonRows, s.ResearchRows, s.BackscatterRows,
+		s.LateRows, s.BinsClosed, s.BinsForced, s.BinSetDropped, s.HostsEvicted, s.VictimsEvicted,
+		s.SeriesEvicted, s.FindingsNew, s.FindingsEnded, s.FindingsEvicted} {
+		e.u(v)
+	}
+	if e.err != nil {
+		return fmt.Errorf("write detect snapshot: %w", e.err)
+	}
+	return bw.Flush()
+}
+
+// Restore replaces the state with a snapshot's; an empty reader resets.
+func (d *Detector) Restore(r io.Reader) error {
+	br := bufio.NewReaderSize(r, 1<<16)
+	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
+		d.mu.Lock()
+		d.st = newState()
+		d.mu.Unlock()
+		return nil
+	}
+	st, err := decodeState(br)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.st = st
+	d.epoch = 0
+	d.mu.Unlock()
+	return nil
+}
+
+func decodeState(r *bufio.Reader) (*state, error) {
+	dc := &dec{r: r}
+	if m := dc.s(); m != snapshotMagic && dc.err == nil {
+		return nil, fmt.Errorf("%w: magic %q", errSnapshot, m)
+	}
+	st := newState()
+	st.nowMs = dc.i()
+	st.lastSweepMs = dc.i()
+	st.hosts.decode(dc)
+	st.victims.decode(dc)
+	for n, i := dc.n(maxLen), 0; i < n && dc.err == nil; i++ {
+		b := &openBin{}
+		b.decode(dc)
+		st.bins[b.start] = b
+	}
+	st.ports.decode(dc)
+	st.fps.decode(dc)
+	st.countries.decode(dc)
+	for n, i := dc.n(maxLen), 0; i < n && dc.err == nil; i++ {
+		of := &openFinding{subject: dc.s(), announced: dc.i()}
+		of.f = &jasperv1.Finding{}
+		if b := dc.bytes(); dc.err == nil {
+			if err := proto.Unmarshal(b, of.f); err != nil {
+				dc.fail(err)
+			}
+		}
+		st.open[of.subject] = of
+		st.byID[of.f.Id] = of
+	}
+	for n, i := dc.n(maxLen), 0; i < n && dc.err == nil; i++ {
+		f := &jasperv1.Finding{}
+		if b := dc.bytes(); dc.err == nil {
+			if err := proto.Unmarshal(b, f); err != nil {
+				dc.fail(err)
+			}
+		}
+		st.ended = append(st.ended, f)
+	}
+	s := &st.stats
+	for _, p := range []*uint64{&s.Batches, &s.Rows, &s.BadRows, &s.BogonRows, &s.ResearchRows, &s.BackscatterRows,
+		&s.LateRows, &s.BinsClosed, &s.BinsForced, &s.BinSetDropped, &s.HostsEvicted, &s.VictimsEvicted,
+		&s.SeriesEvicted, &s.FindingsNew, &s.FindingsEnded, &s.FindingsEvicted} {
+		*p = dc.u()
+	}
+	if dc.err != nil {
+		return nil, dc.err
+	}
+	return st, nil
+}

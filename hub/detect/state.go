@@ -1,0 +1,357 @@
+package detect
+
+import (
+	"container/list"
+	"slices"
+	"strings"
+
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
+
+// addrKey is a source address as 16 bytes (IPv4 mapped into IPv6).
+type addrKey [16]byte
+
+// dstSlot is the largest dst_ips of one row of a source in one (sensor,
+// bin): a lower bound of the distinct dark addresses it reached there.
+type dstSlot struct {
+	sensor string
+	bin    int64
+	max    uint32
+}
+
+// maxDstSlots bounds the slots kept per source; older slots are folded
+// into settled.
+const maxDstSlots = 8
+
+// dstEst estimates a source's distinct dark destinations: the sum over
+// (sensor, bin) of the largest per-row count. Within a bin it never counts
+// an address twice (rows of partial batches are judged by their maximum);
+// across bins an address reached again is counted again, which is why the
+// infected-host rule also asks for packets.
+type dstEst struct {
+	settled uint64
+	slots   []dstSlot
+}
+
+func (e *dstEst) add(sensor string, bin int64, n uint32) {
+	for i := range e.slots {
+		if e.slots[i].bin == bin && e.slots[i].sensor == sensor {
+			e.slots[i].max = max(e.slots[i].max, n)
+			return
+		}
+	}
+	if len(e.slots) == maxDstSlots {
+		e.settled += uint64(e.slots[0].max)
+		copy(e.slots, e.slots[1:])
+		e.slots = e.slots[:maxDstSlots-1]
+	}
+	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, max: n})
+}
+
+func (e *dstEst) total() uint64 {
+	t := e.settled
+	for _, s := range e.slots {
+		t += uint64(s.max)
+	}
+	return t
+}
+
+func (e *dstEst) encode(w *enc) {
+	w.u(e.settled)
+	w.u(uint64(len(e.slots)))
+	for _, s := range e.slots {
+		w.s(s.sensor)
+		w.i(s.bin)
+		w.u(uint64(s.max))
+	}
+}
+
+func (e *dstEst) decode(d *dec) {
+	e.settled = d.u()
+	n := d.n(maxDstSlots)
+	e.slots = nil
+	for i := 0; i < n && d.err == nil; i++ {
+		e.slots = append(e.slots, dstSlot{sensor: d.s(), bin: d.i(), max: uint32(d.u())})
+	}
+}
+
+// Caps on evidence lists kept per subject.
+const (
+	maxPortsKept   = 64
+	maxSensorsKept = 32
+	maxFPsKept     = 16
+)
+
+// evidence is what a host or victim accumulates.
+type evidence struct {
+	first, last    int64
+	packets, bytes uint64
+	dst            dstEst
+	ports          []uint32 // sorted, at most maxPortsKept
+	portsEst       uint64   // distinct ports, including overflow rows' counts
+	classes        uint32   // bit per TrafficClass
+	fps            []fpCount
+	sensors        []string // sorted, at most maxSensorsKept
+}
+
+type fpCount struct {
+	name string
+	n    uint64
+}
+
+func (ev *evidence) reset() { *ev = evidence{} }
+
+func (ev *evidence) addRow(r *row, sensor string) {
+	if ev.packets == 0 || r.t0 < ev.first {
+		ev.first = r.t0
+	}
+	ev.last = max(ev.last, r.t1)
+	ev.packets += r.packets
+	ev.bytes += r.bytes
+	ev.dst.add(sensor, r.bin, r.dstIPs)
+	if r.overflow {
+		ev.portsEst += uint64(r.distinctPorts)
+	} else if r.portKnown {
+		i, found := slices.BinarySearch(ev.ports, r.port)
+		if !found {
+			ev.portsEst++
+			if len(ev.ports) < maxPortsKept {
+				ev.ports = slices.Insert(ev.ports, i, r.port)
+			}
+		}
+	}
+	ev.classes |= 1 << uint(r.class)
+	for _, fp := range r.fps {
+		i, found := slices.BinarySearchFunc(ev.fps, fp.name, func(a fpCount, n string) int { return strings.Compare(a.name, n) })
+		if found {
+			ev.fps[i].n += fp.n
+		} else if len(ev.fps) < maxFPsKept {
+			ev.fps = slices.Insert(ev.fps, i, fpCount{fp.name, fp.n})
+		}
+	}
+	if i, found := slices.BinarySearch(ev.sensors, sensor); !found && len(ev.sensors) < maxSensorsKept {
+		ev.sensors = slices.Insert(ev.sensors, i, sensor)
+	}
+}
+
+// fill writes the evidence into a finding.
+func (ev *evidence) fill(f *jasperv1.Finding) {
+	f.FirstSeenMs, f.LastSeenMs = ev.first, ev.last
+	f.Packets, f.Bytes, f.DstIps = ev.packets, ev.bytes, ev.dst.total()
+	f.Ports = slices.Clone(ev.ports)
+	f.Classes = f.Classes[:0]
+	for c := jasperv1.TrafficClass(1); c <= jasperv1.TrafficClass_TRAFFIC_CLASS_OTHER; c++ {
+		if ev.classes&(1<<uint(c)) != 0 {
+			f.Classes = append(f.Classes, c)
+		}
+	}
+	if len(ev.fps) > 0 {
+		f.Fingerprints = make(map[string]uint64, len(ev.fps))
+		for _, fp := range ev.fps {
+			f.Fingerprints[fp.name] = fp.n
+		}
+	}
+	f.Sensors = slices.Clone(ev.sensors)
+}
+
+func (ev *evidence) encode(e *enc) {
+	e.i(ev.first)
+	e.i(ev.last)
+	e.u(ev.packets)
+	e.u(ev.bytes)
+	ev.dst.encode(e)
+	e.u(uint64(len(ev.ports)))
+	for _, p := range ev.ports {
+		e.u(uint64(p))
+	}
+	e.u(ev.portsEst)
+	e.u(uint64(ev.classes))
+	e.u(uint64(len(ev.fps)))
+	for _, fp := range ev.fps {
+		e.s(fp.name)
+		e.u(fp.n)
+	}
+	e.u(uint64(len(ev.sensors)))
+	for _, s := range ev.sensors {
+		e.s(s)
+	}
+}
+
+func (ev *evidence) decode(d *dec) {
+	ev.first = d.i()
+	ev.last = d.i()
+	ev.packets = d.u()
+	ev.bytes = d.u()
+	ev.dst.decode(d)
+	ev.ports = nil
+	for n, i := d.n(maxPortsKept), 0; i < n && d.err == nil; i++ {
+		ev.ports = append(ev.ports, uint32(d.u()))
+	}
+	ev.portsEst = d.u()
+	ev.classes = uint32(d.u())
+	ev.fps = nil
+	for n, i := d.n(maxFPsKept), 0; i < n && d.err == nil; i++ {
+		ev.fps = append(ev.fps, fpCount{d.s(), d.u()})
+	}
+	ev.sensors = nil
+	for n, i := d.n(maxSensorsKept), 0; i < n && d.err == nil; i++ {
+		ev.sensors = append(ev.sensors, d.s())
+	}
+}
+
+// subject is a tracked source: a candidate infected host or DoS victim.
+type subject struct {
+	key       addrKey
+	winStart  int64 // infected: start of the counting window
+	ev        evidence
+	minutes   []minuteCount // DoS: packets per minute, recent minutes
+	maxMinute uint64        // DoS: largest minute count of the attack
+	country   string
+	asn       uint32
+	finding   string // id of the open finding, if any
+	epoch     uint64 // transient: last batch that touched it
+}
+
+type minuteCount struct {
+	minute int64
+	n      uint64
+}
+
+const maxMinutes = 8
+
+func (s *subject) addMinute(m int64, n uint64) {
+	i, found := slices.BinarySearchFunc(s.minutes, m, func(a minuteCount, m int64) int {
+		switch {
+		case a.minute < m:
+			return -1
+		case a.minute > m:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		s.minutes[i].n += n
+		s.maxMinute = max(s.maxMinute, s.minutes[i].n)
+		return
+	}
+	if len(s.minutes) == maxMinutes {
+		if i == 0 {
+			return // older than everything kept: too late to matter
+		}
+		s.minutes = s.minutes[1:]
+		i--
+	}
+	s.minutes = slices.Insert(s.minutes, i, minuteCount{m, n})
+	s.maxMinute = max(s.maxMinute, n)
+}
+
+func (s *subject) encode(e *enc) {
+	e.bytes(s.key[:])
+	e.i(s.winStart)
+	s.ev.encode(e)
+	e.u(uint64(len(s.minutes)))
+	for _, m := range s.minutes {
+		e.i(m.minute)
+		e.u(m.n)
+	}
+	e.u(s.maxMinute)
+	e.s(s.country)
+	e.u(uint64(s.asn))
+	e.s(s.finding)
+}
+
+func (s *subject) decode(d *dec) {
+	if k := d.bytes(); len(k) == 16 {
+		s.key = addrKey(k)
+	} else {
+		d.fail(errSnapshot)
+	}
+	s.winStart = d.i()
+	s.ev.decode(d)
+	for n, i := d.n(maxMinutes), 0; i < n && d.err == nil; i++ {
+		s.minutes = append(s.minutes, minuteCount{d.i(), d.u()})
+	}
+	s.maxMinute = d.u()
+	s.country = d.s()
+	s.asn = uint32(d.u())
+	s.finding = d.s()
+}
+
+// lru holds subjects, most recently seen first; at the cap the least
+// recently seen is evicted.
+type lru struct {
+	m       map[addrKey]*list.Element
+	l       *list.List
+	evicted uint64
+}
+
+func newLRU() lru { return lru{m: map[addrKey]*list.Element{}, l: list.New()} }
+
+func (c *lru) get(k addrKey) *subject {
+	if e := c.m[k]; e != nil {
+		return e.Value.(*subject)
+	}
+	return nil
+}
+
+// touch returns the subject for k, created if needed, and marks it most
+// recent. It evicts the oldest beyond capacity.
+func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
+	if e := c.m[k]; e != nil {
+		c.l.MoveToFront(e)
+		return e.Value.(*subject), false
+	}
+	for c.l.Len() >= capacity {
+		old := c.l.Back()
+		c.l.Remove(old)
+		delete(c.m, old.Value.(*subject).key)
+		c.evicted++
+	}
+	s := &subject{key: k}
+	c.m[k] = c.l.PushFront(s)
+	return s, true
+}
+
+func (c *lru) remove(k addrKey) {
+	if e := c.m[k]; e != nil {
+		c.l.Remove(e)
+		delete(c.m, k)
+	}
+}
+
+// sweep removes, from the oldest end, subjects last seen before cutoff
+// that have no open finding.
+func (c *lru) sweep(cutoff int64) {
+	for e := c.l.Back(); e != nil; {
+		prev := e.Prev()
+		s := e.Value.(*subject)
+		if s.ev.last < cutoff && s.finding == "" {
+			c.l.Remove(e)
+			delete(c.m, s.key)
+		}
+		e = prev
+	}
+}
+
+func (c *lru) encode(e *enc) {
+	e.u(c.evicted)
+	e.u(uint64(c.l.Len()))
+	for el := c.l.Back(); el != nil; el = el.Prev() {
+		el.Value.(*subject).encode(e)
+	}
+}
+
+func (c *lru) decode(d *dec) {
+	*c = newLRU()
+	c.evicted = d.u()
+	n := d.n(maxLen)
+	for i := 0; i < n && d.err == nil; i++ {
+		s := &subject{}
+		s.decode(d)
+		if _, dup := c.m[s.key]; dup {
+			d.fail(errSnapshot)
+			return
+		}
+		c.m[s.key] = c.l.PushFront(s)
+	}
+}
