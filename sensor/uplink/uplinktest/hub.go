@@ -85,11 +85,12 @@ type Hub struct {
 	srv *grpc.Server
 	ln  net.Listener
 
-	mu       sync.Mutex
-	batches  map[key]*jasperv1.Batch
-	received int // batch messages received, resends included
-	dups     int
-	hellos   []*jasperv1.Hello
+	mu          sync.Mutex
+	welcomeZero bool
+	batches     map[key]*jasperv1.Batch
+	received    int // batch messages received, resends included
+	dups        int
+	hellos      []*jasperv1.Hello
 }
 
 // ErrBreak, returned by OnBatch, ends the stream with an error.
@@ -162,12 +163,24 @@ func (h *Hub) Hellos() []*jasperv1.Hello {
 	return append([]*jasperv1.Hello(nil), h.hellos...)
 }
 
+// SetWelcomeZero makes the hub answer Hellos with committed_through 0, as
+// a hub that cannot tell would: the sensor then resends what the hub has,
+// and the hub must recognise the duplicates by (sensor, sequence).
+func (h *Hub) SetWelcomeZero(v bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.welcomeZero = v
+}
+
 // committedThrough is the highest h such that every sequence from the
 // sensor's first unacknowledged one up to h is stored: conservative, so that
 // a sensor never drops a batch the hub lacks.
 func (h *Hub) committedThrough(sensor string, hello *jasperv1.Hello) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.welcomeZero {
+		return 0
+	}
 	first := hello.FirstUnackedSequence
 	if first == 0 {
 		return hello.LastSequence
