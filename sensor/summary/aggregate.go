@@ -41,32 +41,48 @@ func (s Stats) Proto() *jasperv1.SensorStats {
 	}
 }
 
+// rowKey packs a row's identity into 64 bits, so that the row table is a
+// map[uint64]uint32 (12-byte slots, the runtime's fast path):
+//
+//	bits  0-31  source: the IPv4 address, or the index of the IPv6 source
+//	            in Aggregator.v6addrs
+//	bits 32-47  destination port, ICMP type<<8|code, or 0 (other protocols,
+//	            non-first fragments, overflow rows)
+//	bits 48-55  IP protocol
+//	bits 56-59  traffic class
+//	bit  60     overflow row
+//	bit  61     IPv6 source
+type rowKey uint64
+
 const (
-	flagV6       uint8 = 1
-	flagOverflow uint8 = 2
+	keyOverflow rowKey = 1 << 60
+	keyV6       rowKey = 1 << 61
 )
 
-// rowKey is a row's identity. It has no padding holes and no pointers, so
-// the map hashes it as plain memory.
-type rowKey struct {
-	src   [16]byte
-	port  uint16 // dst port; ICMP type<<8|code; 0 for overflow and other
-	proto uint8
-	class uint8
-	flags uint8
-	_     [3]byte
+func packKey(src uint32, port uint16, proto uint8, class jasperv1.TrafficClass, v6 bool) rowKey {
+	k := rowKey(src) | rowKey(port)<<32 | rowKey(proto)<<48 | rowKey(class&0xf)<<56
+	if v6 {
+		k |= keyV6
+	}
+	return k
 }
 
-type srcKey struct {
-	src [16]byte
-	v6  bool
-}
+func (k rowKey) src() uint32                  { return uint32(k) }
+func (k rowKey) port() uint16                 { return uint16(k >> 32) }
+func (k rowKey) proto() uint8                 { return uint8(k >> 48) }
+func (k rowKey) class() jasperv1.TrafficClass { return jasperv1.TrafficClass(k >> 56 & 0xf) }
+func (k rowKey) overflow() bool               { return k&keyOverflow != 0 }
+func (k rowKey) v6() bool                     { return k&keyV6 != 0 }
+
+// overflowKey is the key of the overflow row that k folds into.
+func (k rowKey) overflowKey() rowKey { return k&^(0xffff<<32) | keyOverflow }
 
 type srcState struct {
 	rows  uint16 // ordinary (non-overflow) rows of this source in the bin
 	epoch uint16 // early-flush epoch in which the source was first seen
 }
 
+// rowState is 72 bytes.
 type rowState struct {
 	key            rowKey
 	packets, bytes uint64
@@ -75,7 +91,6 @@ type rowState struct {
 	fragments      uint32
 	fp             [packet.NumFingerprints]uint32
 	dst            distinct
-	ports          int32 // index in Aggregator.ports for overflow rows, else -1
 	ttlMin, ttlMax uint8
 }
 
@@ -96,13 +111,18 @@ type Aggregator struct {
 	binStart int64 // Unix seconds
 	binNano  int64
 
-	rows   map[rowKey]uint32
-	srcs   map[srcKey]srcState
-	chunks []*[rowChunk]rowState
-	nrows  int
-	ports  []distinct
-	arena  slotArena
-	stats  Stats
+	rows    map[rowKey]uint32 // row index
+	srcs4   map[uint32]uint32 // IPv4 source → index in st4
+	st4     []srcState
+	v6idx   map[[16]byte]uint32 // IPv6 source → index in v6addrs and st6
+	v6addrs [][16]byte
+	st6     []srcState
+	chunks  []*[rowChunk]rowState
+	nrows   int
+	ovPorts map[uint32]uint32 // overflow row index → index in ports
+	ports   []distinct        // distinct ports of the overflow rows
+	arena   slotArena
+	stats   Stats
 
 	// early flush
 	epoch    uint16
@@ -124,8 +144,10 @@ func NewAggregator(cfg Config, emit func(*jasperv1.Batch) error) (*Aggregator, e
 		binSec:  int64(cfg.Bin / time.Second),
 		darknet: cfg.Darknet,
 		emit:    emit,
-		rows:    make(map[rowKey]uint32, 1024),
-		srcs:    make(map[srcKey]srcState, 1024),
+		rows:    make(map[rowKey]uint32, 1<<16),
+		srcs4:   make(map[uint32]uint32, 1<<16),
+		v6idx:   make(map[[16]byte]uint32),
+		ovPorts: make(map[uint32]uint32),
 	}
 	a.arena.max = cfg.MaxSketches
 	a.batches.maxBytes = cfg.MaxBatchBytes
@@ -223,21 +245,38 @@ func (a *Aggregator) row(i uint32) *rowState {
 }
 
 func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
-	k := rowKey{src: info.Src.As16(), proto: info.Protocol, class: uint8(info.Class)}
-	if info.IPv6 {
-		k.flags = flagV6
-	}
+	var port uint16
 	if !info.Fragment {
 		switch info.Protocol {
 		case packet.ProtoTCP, packet.ProtoUDP:
-			k.port = info.DstPort
+			port = info.DstPort
 		case packet.ProtoICMP, packet.ProtoICMPv6:
-			k.port = uint16(info.ICMPType)<<8 | uint16(info.ICMPCode)
+			port = uint16(info.ICMPType)<<8 | uint16(info.ICMPCode)
 		}
 	}
+	var src uint32
+	if info.IPv6 {
+		addr := info.Src.As16()
+		i, ok := a.v6idx[addr]
+		if !ok {
+			if a.nrows >= a.cfg.MaxRowsPerBin {
+				a.stats.RowLimitDrops++
+				return
+			}
+			i = uint32(len(a.v6addrs))
+			a.v6addrs = append(a.v6addrs, addr)
+			a.st6 = append(a.st6, srcState{epoch: a.epoch})
+			a.v6idx[addr] = i
+		}
+		src = i
+	} else {
+		s4 := info.Src.As4()
+		src = binary.BigEndian.Uint32(s4[:])
+	}
+	k := packKey(src, port, info.Protocol, info.Class, info.IPv6)
 	idx, ok := a.rows[k]
 	if !ok {
-		idx, ok = a.newRow(&k)
+		idx, ok = a.newRow(k)
 		if !ok {
 			a.stats.RowLimitDrops++
 			return
@@ -288,30 +327,39 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 		dv = binary.BigEndian.Uint32(d[:])
 	}
 	r.dst.add(dv, &a.arena)
-	if r.ports >= 0 {
-		a.ports[r.ports].add(uint32(k.port), &a.arena)
+	if r.key.overflow() {
+		a.ports[a.ovPorts[idx]].add(uint32(port), &a.arena)
 	}
 }
 
 // newRow creates the row for k, or finds or creates the overflow row of
 // k's source when the source is at the port cap. It returns false when the
 // bin is full.
-func (a *Aggregator) newRow(k *rowKey) (uint32, bool) {
-	sk := srcKey{src: k.src, v6: k.flags&flagV6 != 0}
-	ss, seen := a.srcs[sk]
-	if !seen {
-		ss.epoch = a.epoch
+func (a *Aggregator) newRow(k rowKey) (uint32, bool) {
+	var ss *srcState
+	if k.v6() {
+		ss = &a.st6[k.src()]
+	} else {
+		si, seen := a.srcs4[k.src()]
+		if !seen {
+			if a.nrows >= a.cfg.MaxRowsPerBin {
+				return 0, false // keeps the source table bounded by the rows
+			}
+			si = uint32(len(a.st4))
+			a.st4 = append(a.st4, srcState{epoch: a.epoch})
+			a.srcs4[k.src()] = si
+		}
+		ss = &a.st4[si]
 	}
 	if int(ss.rows) >= a.cfg.PortCap {
-		ok := rowKey{src: k.src, proto: k.proto, class: k.class, flags: k.flags | flagOverflow}
+		ok := k.overflowKey()
 		idx, found := a.rows[ok]
 		if !found {
 			var made bool
-			if idx, made = a.insert(&ok, ss.epoch); !made {
+			if idx, made = a.insert(ok, ss.epoch); !made {
 				return 0, false
 			}
-			r := a.row(idx)
-			r.ports = int32(len(a.ports))
+			a.ovPorts[idx] = uint32(len(a.ports))
 			a.ports = append(a.ports, distinct{})
 		}
 		// The caller adds k's port to the row's port set.
@@ -322,11 +370,19 @@ func (a *Aggregator) newRow(k *rowKey) (uint32, bool) {
 		return 0, false
 	}
 	ss.rows++
-	a.srcs[sk] = ss
 	return idx, true
 }
 
-func (a *Aggregator) insert(k *rowKey, epoch uint16) (uint32, bool) {
+// srcAddr is the source address of a row.
+func (a *Aggregator) srcAddr(k rowKey) netip.Addr {
+	if k.v6() {
+		return netip.AddrFrom16(a.v6addrs[k.src()])
+	}
+	s := k.src()
+	return netip.AddrFrom4([4]byte{byte(s >> 24), byte(s >> 16), byte(s >> 8), byte(s)})
+}
+
+func (a *Aggregator) insert(k rowKey, epoch uint16) (uint32, bool) {
 	if a.nrows >= a.cfg.MaxRowsPerBin {
 		return 0, false
 	}
@@ -336,8 +392,8 @@ func (a *Aggregator) insert(k *rowKey, epoch uint16) (uint32, bool) {
 	}
 	a.nrows++
 	r := a.row(idx)
-	*r = rowState{key: *k, ports: -1}
-	a.rows[*k] = idx
+	*r = rowState{key: k}
+	a.rows[k] = idx
 	if a.cfg.EarlyFlush > 0 && epoch == a.epoch {
 		a.newRows = append(a.newRows, idx)
 	}
@@ -369,11 +425,8 @@ func (a *Aggregator) seal(partial bool) error {
 		}
 		a.lastDrops = d
 	}
-	for i := range a.nrows {
-		r := a.row(uint32(i))
-		if r.ports >= 0 {
-			a.stats.OverflowRows += uint64(a.ports[r.ports].count(&a.arena))
-		}
+	for _, pi := range a.ovPorts {
+		a.stats.OverflowRows += uint64(a.ports[pi].count(&a.arena))
 	}
 	err := a.batches.build(a, nil, partial, a.emit)
 	a.addTotals()
@@ -397,7 +450,12 @@ func (a *Aggregator) addTotals() {
 func (a *Aggregator) reset() {
 	a.open = false
 	clear(a.rows)
-	clear(a.srcs)
+	clear(a.srcs4)
+	a.st4 = a.st4[:0]
+	clear(a.v6idx)
+	a.v6addrs = a.v6addrs[:0]
+	a.st6 = a.st6[:0]
+	clear(a.ovPorts)
 	a.nrows = 0
 	a.ports = a.ports[:0]
 	a.arena.reset()
@@ -419,9 +477,9 @@ func (a *Aggregator) EarlyFlush() error {
 	a.stats = Stats{}
 	for _, i := range a.newRows {
 		r := a.row(i)
-		*r = rowState{key: r.key, ports: r.ports}
-		if r.ports >= 0 {
-			a.ports[r.ports] = distinct{}
+		*r = rowState{key: r.key}
+		if r.key.overflow() {
+			a.ports[a.ovPorts[i]] = distinct{}
 		}
 	}
 	a.newRows = a.newRows[:0]

@@ -28,11 +28,11 @@ func varint(v uint64) int { return protowire.SizeVarint(v) }
 // the fingerprint columns.
 func rowBytes(r *rowState, distinctPorts uint32, dst uint32) int {
 	n := 2 + 4 // src_ip: tag, length, 4 bytes
-	if r.key.flags&flagV6 != 0 {
+	if r.key.v6() {
 		n += 12
 	}
-	n += varint(uint64(r.key.proto)) + 1 // protocol, class
-	n += varint(uint64(r.key.port)) + 4  // dst_port, or icmp_type and icmp_code (at most 2 bytes each)
+	n += varint(uint64(r.key.proto())) + 1 // protocol, class
+	n += varint(uint64(r.key.port())) + 4  // dst_port, or icmp_type and icmp_code (at most 2 bytes each)
 	n += varint(r.packets) + varint(r.bytes) + varint(uint64(dst))
 	n += varint(uint64(r.firstMs)) + varint(uint64(r.lastMs))
 	n += varint(uint64(r.ttlMin)) + varint(uint64(r.ttlMax))
@@ -47,12 +47,14 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 	if idx != nil {
 		n = len(idx)
 	}
-	at := func(i int) *rowState {
+	rowIndex := func(i int) uint32 {
 		if idx != nil {
-			return a.row(idx[i])
+			return idx[i]
 		}
-		return a.row(uint32(i))
+		return uint32(i)
 	}
+	at := func(i int) *rowState { return a.row(rowIndex(i)) }
+	var ipBuf []byte
 	stats := a.stats.Proto()
 	first := true
 	i := 0
@@ -79,8 +81,8 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 				continue // reset by an early flush and not seen since
 			}
 			dp := uint32(1)
-			if r.ports >= 0 {
-				dp = a.ports[r.ports].count(&a.arena)
+			if r.key.overflow() {
+				dp = a.ports[a.ovPorts[rowIndex(i)]].count(&a.arena)
 			}
 			dst := r.dst.count(&a.arena)
 			need := rowBytes(r, dp, dst)
@@ -95,25 +97,34 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 				break
 			}
 			size += need
-			src := netip.AddrFrom16(r.key.src)
-			if r.key.flags&flagV6 == 0 {
-				src = src.Unmap()
+			// Addresses share one backing array per batch.
+			src := a.srcAddr(r.key)
+			if cap(ipBuf)-len(ipBuf) < 16 {
+				ipBuf = make([]byte, 0, 16<<10)
 			}
-			rows.SrcIp = append(rows.SrcIp, src.AsSlice())
-			rows.Protocol = append(rows.Protocol, uint32(r.key.proto))
+			start := len(ipBuf)
+			if src.Is4() {
+				a4 := src.As4()
+				ipBuf = append(ipBuf, a4[:]...)
+			} else {
+				a16 := src.As16()
+				ipBuf = append(ipBuf, a16[:]...)
+			}
+			rows.SrcIp = append(rows.SrcIp, ipBuf[start:len(ipBuf):len(ipBuf)])
+			rows.Protocol = append(rows.Protocol, uint32(r.key.proto()))
 			var port, typ, code uint32
-			if r.key.flags&flagOverflow == 0 {
-				switch r.key.proto {
+			if !r.key.overflow() {
+				switch r.key.proto() {
 				case packet.ProtoICMP, packet.ProtoICMPv6:
-					typ, code = uint32(r.key.port>>8), uint32(r.key.port&0xff)
+					typ, code = uint32(r.key.port()>>8), uint32(r.key.port()&0xff)
 				default:
-					port = uint32(r.key.port)
+					port = uint32(r.key.port())
 				}
 			}
 			rows.DstPort = append(rows.DstPort, port)
 			rows.IcmpType = append(rows.IcmpType, typ)
 			rows.IcmpCode = append(rows.IcmpCode, code)
-			rows.Class = append(rows.Class, jasperv1.TrafficClass(r.key.class))
+			rows.Class = append(rows.Class, r.key.class())
 			rows.Packets = append(rows.Packets, r.packets)
 			rows.Bytes = append(rows.Bytes, r.bytes)
 			rows.DstIps = append(rows.DstIps, dst)
@@ -122,7 +133,7 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 			rows.TtlMin = append(rows.TtlMin, uint32(r.ttlMin))
 			rows.TtlMax = append(rows.TtlMax, uint32(r.ttlMax))
 			rows.DistinctPorts = append(rows.DistinctPorts, dp)
-			rows.Overflow = append(rows.Overflow, r.key.flags&flagOverflow != 0)
+			rows.Overflow = append(rows.Overflow, r.key.overflow())
 			rows.Fragments = append(rows.Fragments, r.fragments)
 			for f := range packet.NumFingerprints {
 				if fpCols[f] == nil && r.fp[f] != 0 {

@@ -35,12 +35,15 @@ const (
 	modeBitmap
 )
 
+// distinct is 18 bytes. In modeList and modeHLL, inline[0] holds the slot
+// index.
 type distinct struct {
 	inline [inlineN]uint32
-	slot   uint32 // slot index when mode is modeList or modeHLL
-	n      uint8  // values held exactly (inline or list)
+	n      uint8 // values held exactly (inline or list)
 	mode   uint8
 }
+
+func (d *distinct) slot() uint32 { return d.inline[0] }
 
 // slot is 256 bytes: up to slotWords little-endian uint32 values, or
 // hllRegisters HyperLogLog registers.
@@ -112,10 +115,10 @@ func (d *distinct) add(v uint32, arena *slotArena) {
 		}
 		s.setWord(inlineN, v)
 		d.n = inlineN + 1
-		d.slot = idx
+		d.inline = [inlineN]uint32{idx}
 		d.mode = modeList
 	case modeList:
-		s := arena.get(d.slot)
+		s := arena.get(d.slot())
 		for i := uint8(0); i < d.n; i++ {
 			if s.word(i) == v {
 				return
@@ -129,7 +132,7 @@ func (d *distinct) add(v uint32, arena *slotArena) {
 		d.toHLL(s)
 		hllAdd(s, v)
 	case modeHLL:
-		hllAdd(arena.get(d.slot), v)
+		hllAdd(arena.get(d.slot()), v)
 	case modeBitmap:
 		d.addBitmap(v)
 	}
@@ -184,7 +187,7 @@ func (d *distinct) count(arena *slotArena) uint32 {
 		}
 		return uint32(math.Round(128 * math.Log(128/float64(zeros))))
 	}
-	r := arena.get(d.slot)
+	r := arena.get(d.slot())
 	const m = float64(hllRegisters)
 	var sum float64
 	zeros := 0
