@@ -74,6 +74,9 @@ type UplinkConfig struct {
 	BackoffMax  config.Duration `yaml:"backoff_max"`
 	AckTimeout  config.Duration `yaml:"ack_timeout"`
 	DialTimeout config.Duration `yaml:"dial_timeout"`
+	// DrainTimeout is how long a stopping sensor keeps sending what is
+	// spooled (when connected) before it stops the uplink; 0: no drain.
+	DrainTimeout config.Duration `yaml:"drain_timeout"`
 }
 
 // MetricsConfig places the metrics and health server.
@@ -156,11 +159,12 @@ func DefaultConfig() Config {
 		EarlyFlush:    config.Duration(sc.EarlyFlush),
 		Spool:         SpoolConfig{Dir: "/var/lib/jasper/spool", MaxBytes: ByteSize(sp.MaxBytes), SegmentBytes: ByteSize(sp.SegmentBytes)},
 		Uplink: UplinkConfig{
-			Window:      up.Window,
-			BackoffMin:  config.Duration(up.BackoffMin),
-			BackoffMax:  config.Duration(up.BackoffMax),
-			AckTimeout:  config.Duration(up.AckTimeout),
-			DialTimeout: config.Duration(up.DialTimeout),
+			Window:       up.Window,
+			BackoffMin:   config.Duration(up.BackoffMin),
+			BackoffMax:   config.Duration(up.BackoffMax),
+			AckTimeout:   config.Duration(up.AckTimeout),
+			DialTimeout:  config.Duration(up.DialTimeout),
+			DrainTimeout: config.Duration(5 * time.Second),
 		},
 		Metrics: MetricsConfig{Listen: "127.0.0.1:9101"},
 		Log:     LogConfig{Format: "json", Level: "info"},
@@ -217,6 +221,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.uplinkConfig("").Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Uplink.DrainTimeout < 0 || c.Uplink.DrainTimeout.D() > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("uplink.drain_timeout: %v is not between 0 and 10m", c.Uplink.DrainTimeout.D()))
 	}
 	switch c.Log.Format {
 	case "json", "text":

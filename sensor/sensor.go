@@ -269,12 +269,27 @@ func (s *Sensor) Stop(ctx context.Context) error {
 	if cerr := s.src.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
+	s.drain(ctx)
 	s.up.Stop()
 	if cerr := s.spool.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	s.log.Info("sensor_stopped", "spool_batches", s.spool.Stats().Batches)
 	return err
+}
+
+// drain gives a connected uplink up to Uplink.DrainTimeout to send what is
+// spooled, so that a clean stop leaves little behind.
+func (s *Sensor) drain(ctx context.Context) {
+	limit := s.cfg.Uplink.DrainTimeout.D()
+	if limit <= 0 || !s.up.Connected() {
+		return
+	}
+	deadline := time.Now().Add(limit)
+	for s.spool.Stats().Batches > 0 && s.up.Connected() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.log.Info("sensor_drained", "spool_batches", s.spool.Stats().Batches)
 }
 
 // replay paces a capture file at speed times its own pace (0: no pacing).

@@ -569,26 +569,40 @@ func (s *Spool) find(seq uint64) int {
 }
 
 // Next returns the first unacknowledged batch with a sequence above after,
-// or nil when there is none.
+// or nil when there is none. A record that can no longer be read or decoded
+// (the disk changed under the spool) is moved to quarantine, counted as
+// rejected and skipped, so that one bad record cannot stall the uplink.
 func (s *Spool) Next(after uint64) (*jasperv1.Batch, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrClosed
 	}
-	i := s.find(after + 1)
-	if i >= len(s.entries) {
-		return nil, nil
+	for {
+		i := s.find(after + 1)
+		if i >= len(s.entries) {
+			return nil, nil
+		}
+		e := s.entries[i]
+		_, payload, err := s.readLocked(e)
+		b := new(jasperv1.Batch)
+		if err == nil {
+			if err = proto.Unmarshal(payload, b); err == nil {
+				return b, nil
+			}
+		}
+		s.log.Error("spool_record_unreadable", "sequence", e.seq, "segment", e.seg.path, "err", err)
+		if payload != nil {
+			name := fmt.Sprintf("batch-%020d.unreadable.pb", e.seq)
+			_ = os.WriteFile(filepath.Join(s.dir, "quarantine", name), payload, 0o600)
+		}
+		s.removeLocked(i, i+1)
+		s.st.RejectedBatches++
+		s.m.rejected.Inc()
+		if err := s.settleLocked(); err != nil {
+			return nil, err
+		}
 	}
-	_, payload, err := s.readLocked(s.entries[i])
-	if err != nil {
-		return nil, err
-	}
-	b := new(jasperv1.Batch)
-	if err := proto.Unmarshal(payload, b); err != nil {
-		return nil, fmt.Errorf("decode spooled batch %d: %w", s.entries[i].seq, err)
-	}
-	return b, nil
 }
 
 // Pending iterates over the unacknowledged batches with sequence >= from, in

@@ -416,3 +416,28 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 	})
 }
+
+func TestUnreadableRecordSkipped(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := open(t, dir, smallConfig())
+	for i := 1; i <= 3; i++ {
+		if _, err := s.Append(batch(4, uint64(i)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*.log"))
+	data, _ := os.ReadFile(segs[0])
+	_, _, n, err := decodeRecord(data[len(segMagic):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.OpenFile(segs[0], os.O_WRONLY, 0)
+	f.WriteAt([]byte{0xde, 0xad}, int64(len(segMagic)+n+recHeaderLen+recFixedBody+2)) // inside record 2's payload
+	f.Close()
+	if got := pendingSeqs(t, s); !equal(got, []uint64{1, 3}) {
+		t.Fatalf("pending %v, want [1 3]", got)
+	}
+	if st := s.Stats(); st.RejectedBatches != 1 || st.Batches != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
