@@ -1,0 +1,9 @@
+#!/bin/sh
+# prerm of jasper-sensor: stop the service and withdraw the alternative.
+set -e
+if [ "$1" = remove ] || [ "$1" = deconfigure ]; then
+	if [ -d /run/systemd/system ]; then
+		systemctl stop jasper-sensor.service >/dev/null 2>&1 || true
+	fi
+	update-alternatives --remove jasper /usr/lib/jasper-sensor/jasper
+fi
