@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jasperfed/jasper/hub"
+	"github.com/jasperfed/jasper/hub/enrol"
+	"github.com/jasperfed/jasper/internal/config"
 	"github.com/jasperfed/jasper/internal/obs"
 	"github.com/jasperfed/jasper/internal/pki"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
@@ -24,6 +27,52 @@ func init() {
 	caCommands["revoke"] = command{summary: "revoke a sensor's certificates on the federation (admin)", run: caRevoke}
 	sensorCommands["enrol"] = command{summary: "enrol this sensor with a join token (makes its keys, gets a certificate)", run: sensorEnrol}
 	sensorCommands["renew"] = command{summary: "renew this sensor's certificate now (re-attests if it expired)", run: sensorRenew}
+	hubExtensions = append(hubExtensions, hub.Extension{Name: "enrol", Attach: attachEnrol})
+}
+
+// attachEnrol wires enrolment into a hub. The replicated module and the
+// revocation check are always attached, so that every hub runs the same
+// FSM modules and ingest refuses revoked certificates. The EnrolService
+// runs when the `enrol:` section names ca_dir (the CA key signs sensor
+// certificates): on the hub's mTLS gRPC port (renewal, revocation) and on
+// its own enrolment port enrol.listen (enrolment, re-attestation; client
+// certificate optional). Give every hub the CA key, or none: only the raft
+// leader commits enrolments, and sensors try the hubs in turn.
+func attachEnrol(h *hub.Hub) error {
+	cfg := enrol.DefaultConfig()
+	if err := h.Section("enrol", &cfg); err != nil {
+		return err
+	}
+	mod := enrol.NewModule()
+	h.RegisterModule(mod)
+	h.SetRevocation(mod)
+	if cfg.CADir == "" {
+		h.Log().Info("enrol_disabled", "reason", "enrol.ca_dir not set: this hub signs no sensor certificates")
+		return nil
+	}
+	ca, err := pki.LoadCA(config.Resolve(h.Config().Path, cfg.CADir))
+	if err != nil {
+		return fmt.Errorf("enrol.ca_dir: %w", err)
+	}
+	svc, err := enrol.NewService(cfg, enrol.Deps{
+		CA: ca, Store: h.Store(), Module: mod, TLS: h.Config().TLS,
+		Log: h.Log(), Registerer: h.Registerer(),
+	})
+	if err != nil {
+		return err
+	}
+	h.RegisterGRPC(func(s *grpc.Server) { jasperv1.RegisterEnrolServiceServer(s, svc) })
+	h.AddService(enrolService{svc})
+	return nil
+}
+
+// enrolService adapts the enrolment port to hub.Service.
+type enrolService struct{ s *enrol.Service }
+
+func (e enrolService) Start(ctx context.Context) error { return e.s.Start(ctx) }
+func (e enrolService) Stop(context.Context) error {
+	e.s.Stop()
+	return nil
 }
 
 // hubList is a repeatable, comma-separable list of hub addresses.
