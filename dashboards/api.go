@@ -651,7 +651,7 @@ type surgeView struct {
 	Type         string    `json:"type"`
 	State        string    `json:"state"`
 	Protocol     string    `json:"protocol,omitempty"`
-	Port         uint32    `json:"port,omitempty"`
+	Port         uint32    `json:"port"`
 	Fingerprint  string    `json:"fingerprint,omitempty"`
 	Country      string    `json:"country,omitempty"`
 	Baseline     float64   `json:"baseline"`

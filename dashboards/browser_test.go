@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -151,6 +152,9 @@ func (b *browserFixture) open(view, params string) {
 		u += "?" + params
 	}
 	b.do("open "+view, chromedp.Navigate(u), b.waitReady(view, params))
+	if txt := b.text("#view"); strings.Contains(txt, "undefined") || strings.Contains(txt, "NaN") || strings.Contains(txt, "Error:") {
+		b.t.Errorf("view %s?%s shows a broken value: %q", view, params, txt)
+	}
 }
 
 func (b *browserFixture) waitReady(view, params string) chromedp.Action[chromedp.Void] {
@@ -258,7 +262,7 @@ func TestBrowserViews(t *testing.T) {
 	b.shot("3-top")
 
 	b.open("early", "range=6h")
-	if s := b.text("#surges"); !strings.Contains(s, "tcp/") || !strings.Contains(s, "masscan") {
+	if s := b.text("#surges"); !regexp.MustCompile(`tcp/[0-9]+`).MatchString(s) || !strings.Contains(s, "masscan") {
 		t.Errorf("early warning: %q", s)
 	}
 	b.shot("4-early-warning")

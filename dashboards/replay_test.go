@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,7 +150,7 @@ func replayFindings(m *rollup.Module, now time.Time) []FindingRecord {
 		recs = append(recs, FindingRecord{Finding: &jasperv1.Finding{Id: id, Type: typ,
 			State: jasperv1.FindingState_FINDING_STATE_CONTINUING, SrcIp: h.Addr.AsSlice(), SrcCountry: h.Country,
 			SrcAsn: h.ASN, Ports: h.Ports, Packets: h.Packets, Bytes: h.Bytes, Sensors: h.Sensors,
-			Classes:     []jasperv1.TrafficClass{jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN},
+			Classes:     classes(h.Classes),
 			FirstSeenMs: h.FirstSeen.UnixMilli(), LastSeenMs: min(h.LastSeen.UnixMilli(), last.UnixMilli()),
 			DetectedAtMs: h.FirstSeen.UnixMilli(), UpdatedAtMs: last.UnixMilli(), Summary: summary}})
 	}
@@ -173,7 +174,13 @@ func replayFindings(m *rollup.Module, now time.Time) []FindingRecord {
 	}
 	// A port surge: the top TCP port of the last 90 minutes against the
 	// hours before.
-	recent := m.Top(rollup.Filter{From: now.Add(-90 * time.Minute), Protocol: 6}, rollup.DimPort, 1)
+	var recent []rollup.Entry
+	for _, e := range m.Top(rollup.Filter{From: now.Add(-90 * time.Minute), Protocol: 6}, rollup.DimPort, 0) {
+		if e.Key != "other" {
+			recent = append(recent, e)
+			break
+		}
+	}
 	if len(recent) == 1 {
 		pn, _ := strconv.ParseUint(recent[0].Key, 10, 16)
 		p := uint32(pn)
@@ -201,6 +208,14 @@ func topCountries(m *rollup.Module, f rollup.Filter) []string {
 	var out []string
 	for _, e := range m.Top(f, rollup.DimCountry, 3) {
 		out = append(out, e.Key)
+	}
+	return out
+}
+
+func classes(names []string) []jasperv1.TrafficClass {
+	var out []jasperv1.TrafficClass
+	for _, n := range names {
+		out = append(out, jasperv1.TrafficClass(jasperv1.TrafficClass_value["TRAFFIC_CLASS_"+strings.ToUpper(n)]))
 	}
 	return out
 }

@@ -144,14 +144,17 @@ function chart(times, series, { stacked = true, height = 220, label = "" } = {})
     max = Math.max(max, s);
   }
   max = niceMax(max);
+  const lead = max / Math.pow(10, Math.floor(Math.log10(max)));
+  const ticks = lead === 2 ? 4 : 5;
   const x = (i) => L + (n <= 1 ? 0 : (i / (n - 1)) * (W - L - R));
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": label });
-  for (let k = 0; k <= 4; k++) {
-    const v = (max * k) / 4, yy = y(v);
+  for (let k = 0; k <= ticks; k++) {
+    const v = (max * k) / ticks, yy = y(v);
     root.append(svg("line", { x1: L, x2: W - R, y1: yy, y2: yy, class: "axis" }));
     const t = svg("text", { x: L - 4, y: yy + 3, "text-anchor": "end" });
-    t.textContent = v >= 1e6 ? (v / 1e6).toFixed(1) + "M" : v >= 1e3 ? (v / 1e3).toFixed(v >= 1e4 ? 0 : 1) + "k" : String(Math.round(v));
+    const short = (x, u) => (Number.isInteger(x) ? String(x) : x.toFixed(1)) + u;
+    t.textContent = v >= 1e6 ? short(v / 1e6, "M") : v >= 1e3 ? short(v / 1e3, "k") : String(Math.round(v * 10) / 10);
     root.append(t);
   }
   const span = n > 1 ? times[n - 1] - times[0] : 0;
@@ -281,7 +284,7 @@ const VIEW_RENDERERS = {
   async early(p) {
     const r = await api("api/early-warning?" + p);
     const subject = (s) => s.type === "country_surge" ? "country " + s.country
-      : s.type === "fingerprint_surge" ? "fingerprint " + s.fingerprint : `${s.protocol}/${s.port}`;
+      : s.type === "fingerprint_surge" ? "fingerprint " + s.fingerprint : `${s.protocol || "ip"}/${s.port ?? 0}`;
     return el("div", { class: "card" }, el("h2", {}, "Early warning ", el("small", {}, "current surges against their baseline")),
       r.surges.length ? el("table", { id: "surges" },
         el("tr", {}, ["", "subject", "kind", "baseline", "observed", "jump", "score", "top countries", "since", "why"].map((c) => el("th", {}, c))),
@@ -312,7 +315,7 @@ const VIEW_RENDERERS = {
           el("td", {}, el("code", { class: "ip" }, f.ip)), el("td", {}, f.type.replace("_", " ")), el("td", {}, f.country), el("td", {}, "AS" + f.asn),
           el("td", {}, (f.ports || []).slice(0, 8).join(" ") + ((f.ports || []).length > 8 ? " …" : "")),
           el("td", { class: "num" }, fmt(f.packets)), el("td", { class: "num" }, fmt(f.dst_ips)),
-          el("td", {}, f.first_seen.slice(0, 16).replace("T", " ")), el("td", {}, f.last_seen.slice(0, 16).replace("T", " ")),
+          el("td", { class: "time" }, f.first_seen.slice(0, 16).replace("T", " ")), el("td", { class: "time" }, f.last_seen.slice(0, 16).replace("T", " ")),
           el("td", {}, f.summary, " ", el("span", { class: "muted" }, (f.classes || []).join(" "), " · ", (f.sensors || []).join(" "))),
           el("td", { class: "status-cell" }, f.acked_by ? "acked by " + f.acked_by : "", f.silenced_until ? " silenced until " + f.silenced_until.slice(0, 16).replace("T", " ") : ""),
           el("td", { class: "actions" }, el("button", { type: "button", class: "ack", onclick: () => act(f.id, "ack") }, "Acknowledge"),

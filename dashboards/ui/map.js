@@ -18,13 +18,31 @@ const JasperMap = (() => {
   const px = (lon) => ((lon + 180) / 360) * W;
   const py = (lat) => ((85 - lat) / 170) * H;
 
+  // ringPath returns the SVG path of a ring. Rings that cross the
+  // antimeridian (Russia, Fiji) are unwrapped into continuous longitudes and
+  // drawn a second time shifted by 360 degrees; the SVG clips both copies.
   function ringPath(ring, arcs) {
     const pts = [];
     for (const i of ring) {
       const arc = i >= 0 ? arcs[i] : arcs[~i].slice().reverse();
-      for (let k = pts.length ? 1 : 0; k < arc.length; k++) pts.push(arc[k]);
+      for (let k = pts.length ? 1 : 0; k < arc.length; k++) pts.push(arc[k].slice());
     }
-    return "M" + pts.map(([lon, lat]) => px(lon).toFixed(1) + "," + py(Math.max(-85, lat)).toFixed(1)).join("L") + "Z";
+    let lo = 180, hi = -180;
+    for (let k = 0; k < pts.length; k++) {
+      if (k > 0) {
+        const d = pts[k][0] - pts[k - 1][0];
+        if (d > 180) pts[k][0] -= 360 * Math.round(d / 360);
+        else if (d < -180) pts[k][0] += 360 * Math.round(-d / 360);
+      }
+      lo = Math.min(lo, pts[k][0]);
+      hi = Math.max(hi, pts[k][0]);
+    }
+    const draw = (shift) => "M" + pts.map(([lon, lat]) => px(lon + shift).toFixed(1) + "," + py(Math.max(-85, Math.min(85, lat))).toFixed(1)).join("L") + "Z";
+    if (hi - lo > 350) return draw(0); // Antarctica: circles the pole
+    let d = draw(0);
+    if (hi > 180) d += draw(-360);
+    if (lo < -180) d += draw(360);
+    return d;
   }
 
   async function load() {
@@ -55,17 +73,20 @@ const JasperMap = (() => {
     svg.setAttribute("class", "map");
     svg.setAttribute("role", "img");
     svg.setAttribute("aria-label", "sources by country");
-    let max = 0;
-    for (const v of Object.values(counts)) max = Math.max(max, v[metric] || 0);
-    const lmax = Math.log1p(max) || 1;
+    let max = 0, min = Infinity;
+    for (const v of Object.values(counts)) {
+      const n = v[metric] || 0;
+      if (n > 0) { max = Math.max(max, n); min = Math.min(min, n); }
+    }
+    const lmin = Math.log(min), lspan = Math.log(max) - lmin || 1;
     for (const s of sh) {
       const p = document.createElementNS(ns, "path");
       p.setAttribute("d", s.d);
       const v = counts[s.a2];
       const n = v ? v[metric] || 0 : 0;
       if (n > 0) {
-        const t = Math.log1p(n) / lmax; // 0..1
-        const l = 88 - t * 55;
+        const t = max === min ? 1 : (Math.log(n) - lmin) / lspan; // 0..1
+        const l = 84 - t * 52;
         p.setAttribute("fill", `hsl(12, 85%, ${l.toFixed(0)}%)`);
         p.setAttribute("class", "has");
         p.dataset.country = s.a2;
@@ -78,7 +99,18 @@ const JasperMap = (() => {
       p.appendChild(title);
       svg.appendChild(p);
     }
-    el.replaceChildren(svg);
+    const key = document.createElement("div");
+    key.className = "legend map-key";
+    const swatch = (l, label) => {
+      const s = document.createElement("span");
+      const i = document.createElement("i");
+      i.style.background = `hsl(12, 85%, ${l}%)`;
+      s.append(i, label);
+      return s;
+    };
+    if (max > 0) key.append(swatch(84, `${min.toLocaleString("en-US")} ${metric}`), swatch(58, "…"), swatch(32, `${max.toLocaleString("en-US")} ${metric}`));
+    else key.append("no sources for these filters");
+    el.replaceChildren(svg, key);
     return svg;
   }
 
