@@ -443,6 +443,10 @@ func (s *Spool) Append(b *jasperv1.Batch, cursor uint64) (uint64, error) {
 	if s.closed {
 		return 0, ErrClosed
 	}
+	return s.appendLocked(b, cursor)
+}
+
+func (s *Spool) appendLocked(b *jasperv1.Batch, cursor uint64) (uint64, error) {
 	seq := s.next
 	if seq > s.reserved {
 		s.reserved = seq + reserveBlock - 1
@@ -768,6 +772,55 @@ func (s *Spool) settleLocked() error {
 	}
 	s.m.setDepth(len(s.entries), s.bytes)
 	return nil
+}
+
+// Resequence handles a spool that is behind the federation: a hub's
+// Welcome says it holds this sensor's sequences up to floor, yet the spool
+// never assigned floor (its folder was lost or replaced). Sequences would be
+// reused and new batches taken for duplicates, so Resequence moves the next
+// sequence above floor and appends the pending batches again under new
+// numbers (in order, cursors kept), then drops the old records. It returns
+// how many batches were renumbered. A crash in the middle may leave both
+// copies, which are then sent twice under different numbers.
+func (s *Spool) Resequence(floor uint64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, ErrClosed
+	}
+	if floor < s.next {
+		return 0, nil
+	}
+	type pending struct {
+		b      *jasperv1.Batch
+		cursor uint64
+	}
+	var ps []pending
+	for _, e := range s.entries {
+		m, payload, err := s.readLocked(e)
+		if err != nil {
+			continue
+		}
+		b := new(jasperv1.Batch)
+		if proto.Unmarshal(payload, b) != nil {
+			continue
+		}
+		ps = append(ps, pending{b, m.Cursor})
+	}
+	s.removeLocked(0, len(s.entries))
+	if s.active != nil { // the renumbered records start a fresh segment
+		s.active.Close()
+		s.active = nil
+	}
+	s.next = floor + 1
+	for _, p := range ps {
+		if _, err := s.appendLocked(p.b, p.cursor); err != nil {
+			return 0, err
+		}
+	}
+	s.done = floor
+	s.log.Warn("spool_resequenced", "floor", floor, "batches", len(ps))
+	return len(ps), s.settleLocked()
 }
 
 // Changed returns a channel closed at the next Append.

@@ -441,3 +441,53 @@ func TestUnreadableRecordSkipped(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func TestResequence(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, smallConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 12; i++ {
+		if _, err := s.Append(batch(40, uint64(i)), uint64(1000+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AckThrough(2); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Resequence(5); n != 0 || err != nil { // not behind: nothing to do
+		t.Fatalf("resequence below last: %d, %v", n, err)
+	}
+	n, err := s.Resequence(900)
+	if err != nil || n != 10 {
+		t.Fatalf("resequence: %d, %v", n, err)
+	}
+	check := func(s *Spool) {
+		t.Helper()
+		var i uint64
+		for b, err := range s.Pending(0) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			i++
+			if b.Sequence != 900+i || b.Stats.PacketsSeen != 2+i {
+				t.Fatalf("renumbered batch %d: sequence %d, tag %d", i, b.Sequence, b.Stats.PacketsSeen)
+			}
+		}
+		if i != 10 || s.Cursor() != 1012 {
+			t.Fatalf("%d pending, cursor %d", i, s.Cursor())
+		}
+	}
+	check(s)
+	s.Close()
+	s2, err := Open(dir, smallConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	check(s2)
+	if seq, _ := s2.Append(batch(1, 1), 0); seq <= 910 {
+		t.Fatalf("next sequence %d", seq)
+	}
+}

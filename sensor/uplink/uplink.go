@@ -11,15 +11,21 @@
 // sends the spooled batches in sequence order, with at most Config.Window
 // batches unacknowledged, and new batches as they are spooled.
 //
+// If committed_through is above every sequence the spool ever assigned, the
+// spool was lost or replaced: it is renumbered above committed_through
+// (spool.Resequence) rather than having its new batches taken for
+// duplicates of what the hub already holds.
+//
 // # Answers
 //
 //   - Ack: the batch is removed from the spool (a duplicate ack too).
 //   - NOT_LEADER: the stream is closed and the next dial goes to
 //     leader_address when the hub named one, else to the next address of
 //     the list; after retry_after_ms when given.
-//   - THROTTLE: sending pauses for retry_after_ms (at least
-//     Config.BackoffMin), then resumes from the refused batch; batches sent
-//     after it may be sent again and are then acked as duplicates.
+//   - THROTTLE: the stream is closed (later batches may already be in
+//     flight, and a hub takes a stream's batches in increasing order only);
+//     after retry_after_ms (at least Config.BackoffMin) the uplink dials the
+//     same hub again and resumes from the Welcome's committed_through.
 //   - INVALID, FORBIDDEN, BAD_TIME, TOO_LARGE on a batch: the batch can never
 //     be accepted, so resending it would loop forever. It is logged with the
 //     hub's detail, counted by reason, and moved from the spool into the
@@ -59,6 +65,7 @@ type Spool interface {
 	Ack(seq uint64) error
 	AckThrough(seq uint64) error
 	Reject(seq uint64, reason string) error
+	Resequence(floor uint64) (int, error)
 	Changed() <-chan struct{}
 	FirstUnacked() uint64
 	Last() uint64
@@ -358,6 +365,16 @@ func (u *Uplink) session(ctx context.Context, addr string) (bool, error) {
 		<-welcomeCh
 		return false, fmt.Errorf("hub %s: no welcome within %v", addr, u.cfg.DialTimeout)
 	}
+	if last := u.spool.Last(); welcome.CommittedThrough > last {
+		// The hub holds sequences this spool never assigned: the spool was
+		// lost or replaced. Reusing them would make new batches look like
+		// duplicates, so move above them.
+		n, err := u.spool.Resequence(welcome.CommittedThrough)
+		if err != nil {
+			return true, fmt.Errorf("resequence spool above %d: %w", welcome.CommittedThrough, err)
+		}
+		u.log.Warn("uplink_spool_behind_hub", "hub", addr, "committed_through", welcome.CommittedThrough, "spool_last", last, "renumbered", n)
+	}
 	if err := u.spool.AckThrough(welcome.CommittedThrough); err != nil {
 		return true, fmt.Errorf("drop committed batches: %w", err)
 	}
@@ -408,13 +425,11 @@ type session struct {
 	stream   grpc.BidiStreamingClient[jasperv1.StreamRequest, jasperv1.StreamResponse]
 	maxBytes int
 
-	mu          sync.Mutex
-	inflight    map[uint64]time.Time
-	cursor      uint64 // highest sequence sent (or known committed)
-	gen         uint64 // bumped when a throttle rewinds cursor
-	pausedUntil time.Time
-	lastAnswer  time.Time
-	kick        chan struct{}
+	mu         sync.Mutex
+	inflight   map[uint64]time.Time
+	cursor     uint64 // highest sequence sent (or known committed)
+	lastAnswer time.Time
+	kick       chan struct{}
 }
 
 func (s *session) wake() {
@@ -456,44 +471,28 @@ func (s *session) send(ctx context.Context) error {
 		changed := s.u.spool.Changed()
 		s.mu.Lock()
 		now := time.Now()
-		wait := time.Duration(0)
-		if now.Before(s.pausedUntil) {
-			wait = s.pausedUntil.Sub(now)
-		}
 		if len(s.inflight) > 0 && now.Sub(s.lastAnswer) > s.u.cfg.AckTimeout {
 			s.mu.Unlock()
 			return fmt.Errorf("hub %s: no answer for %v", s.addr, s.u.cfg.AckTimeout)
 		}
 		full := len(s.inflight) >= s.u.cfg.Window
-		cursor, gen := s.cursor, s.gen
+		cursor := s.cursor
 		s.mu.Unlock()
 
 		var b *jasperv1.Batch
-		if wait == 0 && !full {
+		if !full {
 			var err error
 			if b, err = s.u.spool.Next(cursor); err != nil {
 				return fmt.Errorf("read spool: %w", err)
 			}
 		}
 		if b == nil {
-			var pause <-chan time.Time
-			var t *time.Timer
-			if wait > 0 {
-				t = time.NewTimer(wait)
-				pause = t.C
-			}
 			select {
 			case <-ctx.Done():
+				return ctx.Err()
 			case <-changed:
 			case <-s.kick:
-			case <-pause:
 			case <-tick.C:
-			}
-			if t != nil {
-				t.Stop()
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
 			}
 			continue
 		}
@@ -504,18 +503,11 @@ func (s *session) send(ctx context.Context) error {
 				return err
 			}
 			s.mu.Lock()
-			if s.gen == gen {
-				s.cursor = max(s.cursor, b.Sequence)
-			}
+			s.cursor = max(s.cursor, b.Sequence)
 			s.mu.Unlock()
 			continue
 		}
 		s.mu.Lock()
-		if s.gen != gen {
-			// A throttle rewound the cursor while we read the spool.
-			s.mu.Unlock()
-			continue
-		}
 		if len(s.inflight) == 0 {
 			s.lastAnswer = time.Now() // the ack clock starts with the first batch in flight
 		}
@@ -585,16 +577,13 @@ func (s *session) refused(r *jasperv1.Refusal) error {
 	case jasperv1.RefusalReason_REFUSAL_REASON_NOT_LEADER:
 		return &redirect{addr: r.LeaderAddress, after: time.Duration(r.RetryAfterMs) * time.Millisecond}
 	case jasperv1.RefusalReason_REFUSAL_REASON_THROTTLE:
+		// Batches after the refused one may already be in flight, and a
+		// hub takes a stream's batches in increasing order only: end the
+		// stream, and resume after the pause from the Welcome's
+		// committed_through.
 		pause := max(time.Duration(r.RetryAfterMs)*time.Millisecond, s.u.cfg.BackoffMin)
-		s.mu.Lock()
-		s.pausedUntil = time.Now().Add(pause)
-		if r.Sequence > 0 && r.Sequence-1 < s.cursor {
-			s.cursor = r.Sequence - 1 // resend from the refused batch
-		}
-		s.gen++
-		s.mu.Unlock()
-		s.u.log.Info("uplink_throttled", "hub", s.addr, "sequence", r.Sequence, "pause", pause)
-		return nil
+		s.u.log.Info("uplink_throttled", "hub", s.addr, "sequence", r.Sequence, "pause", pause, "detail", r.Detail)
+		return &redirect{addr: s.addr, after: pause}
 	case jasperv1.RefusalReason_REFUSAL_REASON_INVALID,
 		jasperv1.RefusalReason_REFUSAL_REASON_FORBIDDEN,
 		jasperv1.RefusalReason_REFUSAL_REASON_BAD_TIME,

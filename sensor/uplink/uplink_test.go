@@ -312,3 +312,25 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label string) float64
 	}
 	return 0
 }
+
+// TestSpoolBehindHubResequenced: the sensor's spool was replaced, so its
+// sequences restart at 1 while the hub already holds up to 500. The uplink
+// must renumber above 500 instead of losing the batches as "duplicates".
+func TestSpoolBehindHubResequenced(t *testing.T) {
+	f := newFixture(t)
+	h := f.hub(t)
+	h.CommittedThrough = func(*jasperv1.Hello) uint64 { return 500 }
+	f.append(t, 10)
+	f.start(t, h.Addr)
+	waitFor(t, "the renumbered batches", func() bool { return f.spool.Stats().Batches == 0 && len(h.Sequences(sensorID)) == 10 })
+	got := h.Batches(sensorID)
+	for i := uint64(1); i <= 10; i++ {
+		b := got[500+i]
+		if b == nil || b.Stats.PacketsSeen != i {
+			t.Fatalf("sequence %d: %v (hub holds %v)", 500+i, b, h.Sequences(sensorID))
+		}
+	}
+	if f.spool.Last() != 510 {
+		t.Fatalf("spool last %d, want 510", f.spool.Last())
+	}
+}

@@ -78,6 +78,9 @@ type Hub struct {
 	MaxBatchBytes uint32
 	// OnHello, when set, may refuse a Hello (return nil to welcome).
 	OnHello func(*jasperv1.Hello) *jasperv1.Refusal
+	// CommittedThrough, when set, replaces the hub's own answer in the
+	// Welcome (e.g. a high watermark, as a raft hub gives).
+	CommittedThrough func(*jasperv1.Hello) uint64
 	// OnBatch, when set, may refuse a batch (return nil to store and ack)
 	// or break the stream (return ErrBreak as the error).
 	OnBatch func(*jasperv1.Batch) (*jasperv1.Refusal, error)
@@ -210,7 +213,7 @@ func (h *Hub) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasperv
 	}
 	h.mu.Lock()
 	h.hellos = append(h.hellos, hello)
-	onHello, onBatch := h.OnHello, h.OnBatch
+	onHello, onBatch, ct := h.OnHello, h.OnBatch, h.CommittedThrough
 	h.mu.Unlock()
 	if hello.SensorId != id {
 		return st.Send(&jasperv1.StreamResponse{Msg: &jasperv1.StreamResponse_Refusal{Refusal: &jasperv1.Refusal{
@@ -221,8 +224,12 @@ func (h *Hub) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasperv
 			return st.Send(&jasperv1.StreamResponse{Msg: &jasperv1.StreamResponse_Refusal{Refusal: r}})
 		}
 	}
+	committed := h.committedThrough(id, hello)
+	if ct != nil {
+		committed = ct(hello)
+	}
 	if err := st.Send(&jasperv1.StreamResponse{Msg: &jasperv1.StreamResponse_Welcome{Welcome: &jasperv1.Welcome{
-		HubId: h.ID, CommittedThrough: h.committedThrough(id, hello), MaxBatchBytes: h.MaxBatchBytes}}}); err != nil {
+		HubId: h.ID, CommittedThrough: committed, MaxBatchBytes: h.MaxBatchBytes}}}); err != nil {
 		return err
 	}
 	for {
