@@ -40,6 +40,7 @@ type Sensor struct {
 	cfg  Config
 	deps Dependencies
 	sc   summary.Config
+	base *slog.Logger // for the parts, which add their own component
 	log  *slog.Logger
 	m    *metrics
 
@@ -69,7 +70,8 @@ func New(cfg Config, deps Dependencies) (*Sensor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sensor{cfg: cfg, deps: deps, sc: sc, log: log.With("component", "sensor", "sensor_id", cfg.ID), m: newMetrics(), failed: make(chan struct{})}
+	base := log.With("sensor_id", cfg.ID)
+	s := &Sensor{cfg: cfg, deps: deps, sc: sc, base: base, log: base.With("component", "sensor"), m: newMetrics(), failed: make(chan struct{})}
 	if deps.Registerer != nil {
 		if err := s.m.register(deps.Registerer); err != nil {
 			return nil, fmt.Errorf("sensor metrics: %w", err)
@@ -86,7 +88,7 @@ func (s *Sensor) Start(ctx context.Context) error {
 		return errors.New("sensor already started")
 	}
 	s.started = true
-	sp, err := spool.Open(s.cfg.Spool.Dir, s.cfg.spoolConfig(), s.deps.Registerer, s.log)
+	sp, err := spool.Open(s.cfg.Spool.Dir, s.cfg.spoolConfig(), s.deps.Registerer, s.base)
 	if err != nil {
 		return err
 	}
@@ -95,7 +97,7 @@ func (s *Sensor) Start(ctx context.Context) error {
 		sp.Close()
 		return fmt.Errorf("sensor TLS: %w", err)
 	}
-	up, err := uplink.New(s.cfg.uplinkConfig(s.deps.Version), uplink.Dependencies{Spool: sp, TLS: tlsConf, Registerer: s.deps.Registerer, Log: s.log})
+	up, err := uplink.New(s.cfg.uplinkConfig(s.deps.Version), uplink.Dependencies{Spool: sp, TLS: tlsConf, Registerer: s.deps.Registerer, Log: s.base})
 	if err != nil {
 		sp.Close()
 		return err
