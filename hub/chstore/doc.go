@@ -32,12 +32,15 @@
 // previous leader; and after an insert whose outcome is unknown (an error
 // from sending the block) it waits leader_settle again before re-checking.
 //
-// Materialized views caveat: ClickHouse writes the block to summary first,
-// then to each view's target table, not atomically. If the server dies (or a
-// view's insert fails) between the two, summary holds the batch and the
-// loader will not write it again, so that batch is missing from the rollups
-// while the raw table stays exact. RebuildRollups recomputes one day's
-// rollups from summary for that case.
+// Materialized views: ClickHouse writes the block to summary first, then to
+// each view's target table, not atomically. If the server dies (or a view's
+// insert fails) between the two, summary holds the batch but the rollups
+// may not. So whenever the check finds a batch already in summary (it was
+// written by a writer that then failed), the loader recomputes the rollups
+// of that batch's day from summary (RebuildRollups) before marking the
+// range loaded; a failure there is retried, and the next loader's check
+// finds the same batches and rebuilds again. Rollups are exact after that,
+// at the cost of one day's INSERT ... SELECT per takeover or crash.
 //
 // # Concurrency
 //

@@ -1,0 +1,320 @@
+package chstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/jasperfed/jasper/hub/chstore/chstoretest"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
+
+func TestLoaderLoadsEveryBatchOnce(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	r := rand.New(rand.NewPCG(1, 2))
+	mlog := &memLog{}
+	mlog.append(genBatches(r, 60, 300, 1)...)
+	src := &memSource{log: mlog, leader: true}
+	l := newTestLoader(t, testConfig(db), src, conn)
+	waitLoaded(t, mlog, time.Minute)
+	// More batches while running.
+	mlog.append(genBatches(r, 40, 300, 1000)...)
+	l.Notify()
+	waitLoaded(t, mlog, time.Minute)
+	verifyExact(t, conn, db, mlog)
+	if n := testutil.ToFloat64(l.m.checks); n != 1 {
+		t.Errorf("%v presence checks, want 1 (only after start: the first check finds nothing)", n)
+	}
+	if got := l.Status().LoadedIndex; got != mlog.last() {
+		t.Errorf("status loaded index %d, want %d", got, mlog.last())
+	}
+
+	// Column contents of one row survive the trip.
+	cb := mlog.batches[0]
+	var (
+		srcIP, country, class, sensor string
+		asn                           uint32
+		port                          uint16
+		packets, mirai, seq           uint64
+		first, bin                    time.Time
+	)
+	ctx := context.Background()
+	err := conn.QueryRow(ctx, "SELECT src_ip, src_country, class, sensor_id, src_asn, dst_port, packets, fp_mirai, seq, first_seen, bin_start FROM "+db+
+		".summary WHERE raft_index = 1 AND dst_port = ? AND src_ip = ? LIMIT 1",
+		uint16(cb.Batch.Rows.DstPort[0]), ipString(cb.Batch.Rows.SrcIp[0])).
+		Scan(&srcIP, &country, &class, &sensor, &asn, &port, &packets, &mirai, &seq, &first, &bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantFirst := time.Unix(cb.Batch.BinStart, 0).Add(time.Duration(cb.Batch.Rows.FirstSeenMs[0]) * time.Millisecond).Truncate(time.Second)
+	if country != cb.Enrichment.SrcCountry[0] || class != "tcp_syn" || sensor != cb.SensorId || asn != cb.Enrichment.SrcAsn[0] ||
+		packets != cb.Batch.Rows.Packets[0] || mirai != cb.Batch.Rows.Fingerprints[0].Packets[0] || seq != cb.Batch.Sequence ||
+		!first.Equal(wantFirst) || bin.Unix() != cb.Batch.BinStart {
+		t.Errorf("row 0 came back as %s %s %s %s %d %d %d %d %d %v %v", srcIP, country, class, sensor, asn, port, packets, mirai, seq, first, bin)
+	}
+}
+
+func ipString(b []byte) string {
+	sb := summaryBlock{}
+	sb.add(&jasperv1.CommittedBatch{Batch: &jasperv1.Batch{Rows: &jasperv1.Rows{SrcIp: [][]byte{b}}}})
+	return sb.srcIP[0]
+}
+
+// A loader that dies after its inserts but before the raft mark: the next
+// loader (a restart, or another hub) finds the batches in ClickHouse and
+// does not insert them again. Then the same with the crash between the
+// summary and the sensor_stats insert.
+func TestLoaderCrashBeforeMarkNoDuplicates(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	r := rand.New(rand.NewPCG(3, 4))
+	mlog := &memLog{}
+	mlog.append(genBatches(r, 50, 200, 1)...)
+	src := &memSource{log: mlog, leader: true}
+
+	crashed := make(chan uint64, 1)
+	mlog.markHook = func(ctx context.Context, through uint64) error {
+		select {
+		case crashed <- through:
+		default:
+		}
+		<-ctx.Done() // the process "dies" here: the mark never applies
+		return ctx.Err()
+	}
+	l1, err := NewLoader(testConfig(db), src, conn, promRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var through uint64
+	select {
+	case through = <-crashed:
+	case <-time.After(time.Minute):
+		t.Fatal("loader never reached MarkLoaded")
+	}
+	stopLoader(t, l1)
+	if mlog.loadedThrough() != 0 {
+		t.Fatalf("mark applied through %d despite the crash", mlog.loadedThrough())
+	}
+	var inCH uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM "+db+".sensor_stats").Scan(&inCH); err != nil {
+		t.Fatal(err)
+	}
+	if inCH == 0 || inCH != through {
+		t.Fatalf("after the crash sensor_stats holds %d batches, want the %d inserted before the mark", inCH, through)
+	}
+
+	mlog.mu.Lock()
+	mlog.markHook = nil
+	mlog.mu.Unlock()
+	l2 := newTestLoader(t, testConfig(db), src, conn)
+	waitLoaded(t, mlog, time.Minute)
+	verifyExact(t, conn, db, mlog)
+	if n := testutil.ToFloat64(l2.m.skipped.WithLabelValues(TableSensorStats)); n != float64(through) {
+		t.Errorf("restarted loader skipped %v batches in sensor_stats, want %d", n, through)
+	}
+	if n := testutil.ToFloat64(l2.m.rebuilds); n == 0 {
+		t.Error("restarted loader found batches in summary but rebuilt no rollups")
+	}
+	stopLoader(t, l2)
+
+	// Crash between the two tables: summary holds the new batches,
+	// sensor_stats does not. Model it by loading, then truncating
+	// sensor_stats and rolling the mark back.
+	mlog.append(genBatches(r, 20, 200, 5000)...)
+	l3 := newTestLoader(t, testConfig(db), src, conn)
+	waitLoaded(t, mlog, time.Minute)
+	stopLoader(t, l3)
+	if err := conn.Exec(context.Background(), "TRUNCATE TABLE "+db+".sensor_stats"); err != nil {
+		t.Fatal(err)
+	}
+	mlog.mu.Lock()
+	mlog.loaded = 0
+	mlog.mu.Unlock()
+	l4 := newTestLoader(t, testConfig(db), src, conn)
+	waitLoaded(t, mlog, time.Minute)
+	verifyExact(t, conn, db, mlog)
+	if n := testutil.ToFloat64(l4.m.rows); n != 0 {
+		t.Errorf("loader re-inserted %v summary rows that were already present", n)
+	}
+}
+
+// Leadership moves between two hubs while batches keep committing; the new
+// leader's loader starts from the replicated mark, which may lag its
+// predecessor's inserts.
+func TestLoaderLeaderChange(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	r := rand.New(rand.NewPCG(5, 6))
+	mlog := &memLog{}
+	a := &memSource{log: mlog, leader: true}
+	b := &memSource{log: mlog}
+	la := newTestLoader(t, testConfig(db), a, conn)
+	lb := newTestLoader(t, testConfig(db), b, conn)
+	for round := range 4 {
+		mlog.append(genBatches(r, 30, 200, uint64(round*1000))...)
+		waitLoaded(t, mlog, time.Minute)
+		// Hand over: the old leader loses leadership just as more batches
+		// commit; the mark of its last load may not have applied.
+		mlog.append(genBatches(r, 10, 200, uint64(round*1000+500))...)
+		old, next := a, b
+		if round%2 == 1 {
+			old, next = b, a
+		}
+		old.setLeader(false)
+		next.setLeader(true)
+	}
+	waitLoaded(t, mlog, time.Minute)
+	verifyExact(t, conn, db, mlog)
+	if testutil.ToFloat64(la.m.batches)+testutil.ToFloat64(lb.m.batches) < float64(mlog.last()) {
+		t.Errorf("loaders loaded %v + %v batches, fewer than the %d committed", testutil.ToFloat64(la.m.batches), testutil.ToFloat64(lb.m.batches), mlog.last())
+	}
+}
+
+// ClickHouse is stopped, then killed, while batches keep committing: the
+// loader retries, then catches up with every batch exactly once.
+func TestLoaderClickHouseDownAndBack(t *testing.T) {
+	srv := chstoretest.StartServer(t)
+	conn, db := chstoretest.NewDatabaseAt(t, srv.Addr())
+	r := rand.New(rand.NewPCG(7, 8))
+	mlog := &memLog{}
+	src := &memSource{log: mlog, leader: true}
+	l := newTestLoader(t, testConfig(db), src, conn)
+	mlog.append(genBatches(r, 30, 300, 1)...)
+	waitLoaded(t, mlog, time.Minute)
+
+	feed := func(n int, seq uint64) {
+		for i := range n {
+			mlog.append(genBatches(r, 3, 300, seq+uint64(i*3))...)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for _, mode := range []string{"stop", "kill"} {
+		errsBefore := testutil.ToFloat64(l.m.errors.WithLabelValues("insert")) + testutil.ToFloat64(l.m.errors.WithLabelValues("check"))
+		done := make(chan struct{})
+		go func() { defer close(done); feed(40, 10000) }()
+		time.Sleep(100 * time.Millisecond) // inserts under way
+		if mode == "stop" {
+			srv.Stop()
+		} else {
+			srv.Kill()
+		}
+		<-done
+		// Batches committed while the server is down stay pending.
+		deadline := time.Now().Add(30 * time.Second)
+		for testutil.ToFloat64(l.m.errors.WithLabelValues("insert"))+testutil.ToFloat64(l.m.errors.WithLabelValues("check")) == errsBefore {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no insert error while ClickHouse was down", mode)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if mlog.loadedThrough() >= mlog.last() {
+			t.Fatalf("%s: everything marked loaded while ClickHouse was down", mode)
+		}
+		if l.Status().LastError == "" {
+			t.Errorf("%s: status shows no error", mode)
+		}
+		srv.Start()
+		waitLoaded(t, mlog, 2*time.Minute)
+		verifyExact(t, conn, db, mlog)
+		t.Logf("%s: %v presence checks, %v rollup rebuilds so far", mode, testutil.ToFloat64(l.m.checks), testutil.ToFloat64(l.m.rebuilds))
+	}
+}
+
+func TestSplitGroups(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 9))
+	var bs []*jasperv1.CommittedBatch
+	for i, n := range []int{10, 10, 10, 25, 0, 5, 30, 1} {
+		bs = append(bs, genBatch(r, "s", int64(i)*86400, uint64(i), n))
+	}
+	groups := splitGroups(bs, 20)
+	var sizes [][]int
+	total := 0
+	for _, g := range groups {
+		var s []int
+		rows := 0
+		for _, cb := range g {
+			s = append(s, batchRows(cb))
+			rows += batchRows(cb)
+			total++
+		}
+		if rows > 20 && len(g) > 1 {
+			t.Errorf("group %v has %d rows > 20 with more than one batch", s, rows)
+		}
+		sizes = append(sizes, s)
+	}
+	if total != len(bs) {
+		t.Fatalf("groups hold %d batches, want %d", total, len(bs))
+	}
+	want := "[[10 10] [10] [25] [0 5] [30] [1]]"
+	if got := fmt.Sprint(sizes); got != want {
+		t.Errorf("groups %s, want %s", got, want)
+	}
+	// Many days: at most maxDaysPerInsert per group.
+	bs = bs[:0]
+	for i := range 120 {
+		bs = append(bs, genBatch(r, "s", int64(i)*86400, uint64(i), 1))
+	}
+	for _, g := range splitGroups(bs, 1000) {
+		if len(g) > maxDaysPerInsert {
+			t.Errorf("group spans %d days", len(g))
+		}
+	}
+}
+
+func TestCheckRowsRefusesMismatch(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 1))
+	cb := genBatch(r, "s", 0, 1, 3)
+	if err := checkRows(cb.Batch.Rows); err != nil {
+		t.Fatalf("valid rows refused: %v", err)
+	}
+	cb.Batch.Rows.Packets = cb.Batch.Rows.Packets[:2]
+	if err := checkRows(cb.Batch.Rows); err == nil {
+		t.Error("short packets column accepted")
+	}
+	cb = genBatch(r, "s", 0, 1, 3)
+	cb.Batch.Rows.SrcIp[1] = []byte{1, 2, 3}
+	if err := checkRows(cb.Batch.Rows); err == nil {
+		t.Error("3-byte address accepted")
+	}
+	cb = genBatch(r, "s", 0, 1, 3)
+	cb.Batch.Rows.Fragments = nil // an omitted column reads as zeros
+	if err := checkRows(cb.Batch.Rows); err != nil {
+		t.Errorf("omitted column refused: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		key string
+		mod func(*Config)
+	}{
+		{"clickhouse.addr", func(c *Config) { c.Addr = "nohost" }},
+		{"clickhouse.database", func(c *Config) { c.Database = "a-b" }},
+		{"clickhouse.max_rows_per_insert", func(c *Config) { c.MaxRowsPerInsert = MaxInsertRows + 1 }},
+		{"clickhouse.leader_settle", func(c *Config) { c.LeaderSettle = c.InsertTimeout - 1 }},
+		{"clickhouse.retention_days", func(c *Config) { c.RetentionDays = -1 }},
+	} {
+		c := DefaultConfig()
+		tc.mod(&c)
+		err := c.Validate()
+		if err == nil || !contains(err.Error(), tc.key) {
+			t.Errorf("%s: Validate() = %v, want an error naming it", tc.key, err)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Errorf("defaults invalid: %v", err)
+	}
+	if s := Secret("hunter2").String(); s == "hunter2" {
+		t.Error("secret printed in clear")
+	}
+}
+
+func contains(s, sub string) bool { return len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub)) }
+
+var _ = errors.New
