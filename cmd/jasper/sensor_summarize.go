@@ -217,6 +217,7 @@ func appendRowsJSON(buf []byte, b *jasperv1.Batch, n int) []byte {
 	r := b.Rows
 	start := time.Unix(b.BinStart, 0).UTC()
 	binStart := start.AppendFormat(nil, time.RFC3339)
+	var tf timeFormatter
 	for i := range n {
 		buf = append(buf, `{"bin_start":"`...)
 		buf = append(buf, binStart...)
@@ -240,9 +241,9 @@ func appendRowsJSON(buf []byte, b *jasperv1.Batch, n int) []byte {
 		buf = append(buf, `,"dst_ips":`...)
 		buf = strconv.AppendUint(buf, uint64(r.DstIps[i]), 10)
 		buf = append(buf, `,"first_seen":"`...)
-		buf = start.Add(time.Duration(r.FirstSeenMs[i])*time.Millisecond).AppendFormat(buf, time.RFC3339Nano)
+		buf = tf.append(buf, b.BinStart, r.FirstSeenMs[i])
 		buf = append(buf, `","last_seen":"`...)
-		buf = start.Add(time.Duration(r.LastSeenMs[i])*time.Millisecond).AppendFormat(buf, time.RFC3339Nano)
+		buf = tf.append(buf, b.BinStart, r.LastSeenMs[i])
 		buf = append(buf, `","ttl_min":`...)
 		buf = strconv.AppendUint(buf, uint64(r.TtlMin[i]), 10)
 		buf = append(buf, `,"ttl_max":`...)
@@ -282,3 +283,31 @@ var classNames = func() map[jasperv1.TrafficClass]string {
 	}
 	return m
 }()
+
+// timeFormatter formats bin_start + ms exactly as time.RFC3339Nano does in
+// UTC, caching the formatted seconds (formatting dates dominated the
+// output cost).
+type timeFormatter struct {
+	secs  [64]int64
+	texts [64][]byte
+}
+
+func (f *timeFormatter) append(buf []byte, binStart int64, ms uint32) []byte {
+	sec := binStart + int64(ms/1000)
+	frac := ms % 1000
+	slot := sec & 63
+	if f.texts[slot] == nil || f.secs[slot] != sec {
+		f.texts[slot] = time.Unix(sec, 0).UTC().AppendFormat(f.texts[slot][:0], "2006-01-02T15:04:05")
+		f.secs[slot] = sec
+	}
+	buf = append(buf, f.texts[slot]...)
+	if frac != 0 {
+		d := [4]byte{'.', byte('0' + frac/100), byte('0' + frac/10%10), byte('0' + frac%10)}
+		n := 4
+		for d[n-1] == '0' {
+			n--
+		}
+		buf = append(buf, d[:n]...)
+	}
+	return append(buf, 'Z')
+}
