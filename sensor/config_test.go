@@ -143,3 +143,23 @@ func FuzzConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestStartFailureThenStop(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ID = "x"
+	cfg.Source.Replay.File = filepath.Join(t.TempDir(), "missing.pcap")
+	cfg.Darknet = []string{"198.51.100.0/24"}
+	cfg.Spool.Dir = t.TempDir()
+	cfg.Hubs = []string{"127.0.0.1:1"}
+	cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key = "ca", "cert", "key" // missing files
+	s, err := New(cfg, Dependencies{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(t.Context()); err == nil {
+		t.Fatal("started without TLS files")
+	}
+	if err := s.Stop(t.Context()); err != nil {
+		t.Fatalf("stop after a failed start: %v", err)
+	}
+}

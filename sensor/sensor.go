@@ -87,7 +87,6 @@ func (s *Sensor) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("sensor already started")
 	}
-	s.started = true
 	sp, err := spool.Open(s.cfg.Spool.Dir, s.cfg.spoolConfig(), s.deps.Registerer, s.base)
 	if err != nil {
 		return err
@@ -108,6 +107,7 @@ func (s *Sensor) Start(ctx context.Context) error {
 		return err
 	}
 	s.spool, s.up, s.src = sp, up, src
+	s.started = true
 	up.Start(ctx)
 	cctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
