@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -303,7 +304,7 @@ func TestConfigValidate(t *testing.T) {
 		c := DefaultConfig()
 		tc.mod(&c)
 		err := c.Validate()
-		if err == nil || !contains(err.Error(), tc.key) {
+		if err == nil || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%s: Validate() = %v, want an error naming it", tc.key, err)
 		}
 	}
@@ -314,7 +315,5 @@ func TestConfigValidate(t *testing.T) {
 		t.Error("secret printed in clear")
 	}
 }
-
-func contains(s, sub string) bool { return len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub)) }
 
 var _ = errors.New
