@@ -23,7 +23,7 @@ type hubNode struct {
 	a   *alerting.Alerting
 }
 
-func failoverPKI(t *testing.T, dir string, ids ...string) map[string]pki.Files {
+func failoverPKI(t testing.TB, dir string, ids ...string) map[string]pki.Files {
 	ca, err := pki.NewCA("failover CA", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +45,7 @@ func failoverPKI(t *testing.T, dir string, ids ...string) map[string]pki.Files {
 	return out
 }
 
-func (r *rig) startHub(t *testing.T, cfg store.Config) *hubNode {
+func (r *rig) startHub(t testing.TB, cfg store.Config) *hubNode {
 	t.Helper()
 	st, err := store.New(cfg, store.Deps{Registerer: prometheus.NewRegistry()})
 	if err != nil {
@@ -70,7 +70,7 @@ func (h *hubNode) stop() {
 	h.st.Stop(context.Background()) //nolint:errcheck // second stop is a no-op
 }
 
-func leader(t *testing.T, hubs []*hubNode) *hubNode {
+func leader(t testing.TB, hubs []*hubNode) *hubNode {
 	t.Helper()
 	var l *hubNode
 	waitUntil(t, 15*time.Second, "a leader", func() bool {

@@ -60,7 +60,7 @@ type rig struct {
 	smtpPass string
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	r := &rig{smtp: smtptest.Start(t), hookDE: hooktest.Start(t), hookUni: hooktest.Start(t), logs: &syncBuf{}}
 	r.dirYAML = fmt.Sprintf(`
 defaults: {group_wait: 0s, group_interval: 1s, repeat_interval: 1h, rate_limit_per_hour: 0}
@@ -82,7 +82,7 @@ recipients:
 	return r
 }
 
-func (r *rig) build(t *testing.T, store outbox.Proposer, node string) *alerting.Alerting {
+func (r *rig) build(t testing.TB, store outbox.Proposer, node string) *alerting.Alerting {
 	d, err := directory.Parse([]byte(r.dirYAML))
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ func (r *rig) build(t *testing.T, store outbox.Proposer, node string) *alerting.
 // check asserts what arrived: every finding at every channel of every
 // recipient it was routed to, each delivery processed once, tickets in
 // order per channel.
-func (r *rig) check(t *testing.T, n int) {
+func (r *rig) check(t testing.TB, n int) {
 	t.Helper()
 	all, uni := map[string]bool{}, map[string]bool{}
 	for i := range n {
@@ -196,7 +196,7 @@ func (r *rig) check(t *testing.T, n int) {
 	}
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if cond() {

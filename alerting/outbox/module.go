@@ -185,6 +185,11 @@ func (m *Module) observe(index uint64, f *jasperv1.Finding, b []byte) {
 			continue
 		}
 		g.Observe(f, b, t.Reason, at)
+		// No group wait: notify within this entry instead of at the next
+		// tick (once event time is known).
+		if at > 0 && m.st.Directory.EffectiveRouting(r).GroupWait == 0 && m.flush(r, g, at) {
+			m.signal()
+		}
 	}
 }
 
@@ -203,21 +208,27 @@ func (m *Module) tick(index uint64, nowMs int64) {
 			continue
 		}
 		m.st.Stats.Expired += uint64(g.Expire(now, now-m.cfg.ExpireAfter.D().Milliseconds()))
-		if m.pendingFor(id) >= m.cfg.MaxPendingPerRecipient {
-			m.st.Stats.Backpressured++
-			continue
-		}
-		rt := m.st.Directory.EffectiveRouting(r)
-		items := g.Flush(rt, now, m.cfg.MaxItemsPerNotification, func(f *jasperv1.Finding) bool { return m.silenced(id, f, now) })
-		if len(items) > 0 {
-			m.notify(r, items, now)
-			created = true
-		}
+		created = m.flush(r, g, now) || created
 	}
 	m.expireRetries(now)
 	if created {
 		m.signal()
 	}
+}
+
+// flush runs one group's flush decision at event time now.
+func (m *Module) flush(r *directory.Recipient, g *route.Group, now int64) bool {
+	if m.pendingFor(r.ID) >= m.cfg.MaxPendingPerRecipient {
+		m.st.Stats.Backpressured++
+		return false
+	}
+	rt := m.st.Directory.EffectiveRouting(r)
+	items := g.Flush(rt, now, m.cfg.MaxItemsPerNotification, func(f *jasperv1.Finding) bool { return m.silenced(r.ID, f, now) })
+	if len(items) == 0 {
+		return false
+	}
+	m.notify(r, items, now)
+	return true
 }
 
 func (m *Module) silenced(recipient string, f *jasperv1.Finding, now int64) bool {

@@ -355,3 +355,29 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+func TestNoGroupWaitNotifiesWithoutTick(t *testing.T) {
+	d, err := directory.Parse([]byte(`
+defaults: {group_wait: 0s, group_interval: 1m, repeat_interval: 1h}
+recipients: [{id: cert-de, cert: true, country: DE, emails: [a@b.de]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := outbox.New(outbox.DefaultConfig(), d, nil)
+	l := memraft.New(m)
+	l.Finding(infected(1, "DE")) // before any tick: event time unknown, waits
+	if len(m.Due(1<<62, 10, nil)) != 0 {
+		t.Fatal("notified before event time was known")
+	}
+	l.Tick(t0)
+	l.Finding(infected(2, "DE"))
+	due := m.Due(t0.UnixMilli(), 10, nil)
+	if len(due) != 1 || len(due[0].Items) != 1 {
+		t.Fatalf("due %+v", due)
+	}
+	l.Finding(infected(3, "DE")) // same channel: queued behind, in order
+	if ds := m.Deliveries("cert-de"); len(ds) != 2 || ds[0].Notification >= ds[1].Notification {
+		t.Fatalf("deliveries %+v", ds)
+	}
+}

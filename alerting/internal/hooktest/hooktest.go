@@ -25,6 +25,7 @@ import (
 type Request struct {
 	Header http.Header
 	Body   []byte
+	At     time.Time // when the body had arrived
 }
 
 // Receiver is a webhook endpoint.
@@ -66,7 +67,7 @@ func (r *Receiver) serve(ln net.Listener) {
 func (r *Receiver) handle(w http.ResponseWriter, req *http.Request) {
 	b, _ := io.ReadAll(io.LimitReader(req.Body, 16<<20))
 	r.mu.Lock()
-	r.reqs = append(r.reqs, Request{Header: req.Header.Clone(), Body: b})
+	r.reqs = append(r.reqs, Request{Header: req.Header.Clone(), Body: b, At: time.Now()})
 	status := r.status
 	if r.failFirst > 0 {
 		r.failFirst--
