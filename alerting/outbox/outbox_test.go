@@ -370,14 +370,18 @@ recipients: [{id: cert-de, cert: true, country: DE, emails: [a@b.de]}]
 	if len(m.Due(1<<62, 10, nil)) != 0 {
 		t.Fatal("notified before event time was known")
 	}
-	l.Tick(t0)
-	l.Finding(infected(2, "DE"))
-	due := m.Due(t0.UnixMilli(), 10, nil)
-	if len(due) != 1 || len(due[0].Items) != 1 {
-		t.Fatalf("due %+v", due)
+	l.Tick(t0) // the first tick notifies the early finding
+	if ds := m.Deliveries("cert-de"); len(ds) != 1 {
+		t.Fatalf("after the first tick: %+v", ds)
 	}
-	l.Finding(infected(3, "DE")) // same channel: queued behind, in order
-	if ds := m.Deliveries("cert-de"); len(ds) != 2 || ds[0].Notification >= ds[1].Notification {
+	l.Finding(infected(2, "DE")) // notified inside its own entry, no tick
+	l.Finding(infected(3, "DE"))
+	ds := m.Deliveries("cert-de")
+	if len(ds) != 3 || ds[0].Notification != "n1" || ds[1].Notification != "n2" || ds[2].Notification != "n3" {
 		t.Fatalf("deliveries %+v", ds)
+	}
+	due := m.Due(t0.UnixMilli(), 10, nil)
+	if len(due) != 1 || due[0].Delivery.ID != ds[0].ID {
+		t.Fatalf("due %+v", due) // one channel: only its head, in order
 	}
 }
