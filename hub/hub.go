@@ -45,6 +45,7 @@ type Deps struct {
 // Hub is one regional hub.
 type Hub struct {
 	cfg   Config
+	base  *slog.Logger // for components, which add their own "component"
 	log   *slog.Logger
 	reg   *prometheus.Registry
 	store *store.Store
@@ -79,7 +80,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Hub{cfg: cfg, log: log.With("component", "hub"), reg: reg, store: st}
+	h := &Hub{cfg: cfg, base: log, log: log.With("component", "hub"), reg: reg, store: st}
 	h.m = newMetrics(reg, cfg.NodeID, deps.Version)
 	return h, nil
 }
@@ -110,8 +111,8 @@ func (h *Hub) Config() Config { return h.cfg }
 // Section decodes the named top-level config section strictly into dst.
 func (h *Hub) Section(name string, dst any) error { return h.cfg.Section(name, dst) }
 
-// Log is the hub's logger (add your own "component").
-func (h *Hub) Log() *slog.Logger { return h.log }
+// Log is the base logger for components (add your own "component").
+func (h *Hub) Log() *slog.Logger { return h.base }
 
 // Registerer is where components register their metrics.
 func (h *Hub) Registerer() prometheus.Registerer { return h.reg }
@@ -225,7 +226,7 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 	// 1. The gRPC port first, so that its address is known to the store.
 	srv, err := ingest.New(h.cfg.ingestConfig(), ingest.Deps{
 		Store: h.store, Enricher: h.enricher, Revocation: h.revocation,
-		Log: h.log, Registerer: h.reg,
+		Log: h.base, Registerer: h.reg,
 	})
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -97,6 +98,7 @@ func hubRun(ctx context.Context, args []string) error {
 type hubAdminFlags struct {
 	addr, ca, cert, key string
 	timeout             time.Duration
+	plaintext           bool
 }
 
 func (f *hubAdminFlags) register(fs *flag.FlagSet) {
@@ -105,20 +107,27 @@ func (f *hubAdminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cert, "cert", "", "admin certificate (PEM; required)")
 	fs.StringVar(&f.key, "key", "", "admin key (PEM; required)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
+	fs.BoolVar(&f.plaintext, "insecure-plaintext-for-demo", false, "talk to a hub run with ingest.insecure_plaintext_for_demo (no TLS)")
 }
 
 func (f *hubAdminFlags) client() (jasperv1.AdminServiceClient, func(), error) {
+	var creds credentials.TransportCredentials
 	switch {
 	case f.addr == "":
 		return nil, nil, errors.New("--hub is required")
+	case f.plaintext:
+		creds = insecure.NewCredentials()
 	case f.ca == "" || f.cert == "" || f.key == "":
 		return nil, nil, errors.New("--ca, --cert and --key are required (an admin certificate: jasper ca issue --role admin)")
 	}
-	tc, err := pki.ClientConfig(pki.Files{CA: f.ca, Cert: f.cert, Key: f.key})
-	if err != nil {
-		return nil, nil, err
+	if creds == nil {
+		tc, err := pki.ClientConfig(pki.Files{CA: f.ca, Cert: f.cert, Key: f.key})
+		if err != nil {
+			return nil, nil, err
+		}
+		creds = credentials.NewTLS(tc)
 	}
-	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect %s: %w", f.addr, err)
 	}

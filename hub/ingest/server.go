@@ -203,7 +203,8 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Stop stops serving: gracefully until ctx ends, then forcibly. Idempotent.
+// Stop stops serving: it lets in-flight answers go out for up to a second
+// (or until ctx ends), then closes every stream. Idempotent.
 func (s *Server) Stop(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.started || s.stopped || s.grpc == nil {
@@ -214,14 +215,17 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.stopped = true
 	g := s.grpc
 	s.mu.Unlock()
+	// Sensor streams are long-lived and nothing is acked before its
+	// commit, so a short grace period for in-flight answers is enough.
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		g.Stop()
-		<-done
+	case <-time.After(time.Second):
 	}
+	g.Stop()
+	<-done
 	return nil
 }
 
