@@ -71,12 +71,21 @@ func (a *Account) maysee(addr netip.Addr, country string) bool {
 	return a.seesAll() || a.Constituency.Contains(addr, country)
 }
 
+// scope is the account's host-level scope for a Source.
+func (a *Account) scope() Scope {
+	if a.seesAll() {
+		return Scope{All: true}
+	}
+	return Scope{Countries: a.Constituency.Countries, Prefixes: a.Constituency.prefixes}
+}
+
 // accountsFile is the YAML layout of the accounts file.
 type accountsFile struct {
 	Accounts []Account `yaml:"accounts"`
 }
 
 var (
+	identRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	nameRE    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._@-]{0,63}$`)
 	countryRE = regexp.MustCompile(`^[A-Z]{2}$`)
 )

@@ -296,7 +296,7 @@ func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request, p *principa
 	if !s.scopeCountry(w, p, q.Country) {
 		return
 	}
-	hs, err := s.deps.Source.Hosts(r.Context(), q, p.account.maysee)
+	hs, err := s.deps.Source.Hosts(r.Context(), q, p.account.scope())
 	if err != nil {
 		s.fail(w, err)
 		return

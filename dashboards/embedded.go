@@ -3,7 +3,6 @@ package dashboards
 import (
 	"context"
 	"fmt"
-	"net/netip"
 
 	"github.com/jasperfed/jasper/hub/rollup"
 )
@@ -57,8 +56,8 @@ func (s *EmbeddedSource) Top(_ context.Context, q Query, d Dim) ([]Entry, error)
 }
 
 // Hosts implements Source.
-func (s *EmbeddedSource) Hosts(_ context.Context, q Query, keep func(netip.Addr, string) bool) ([]Host, error) {
-	hs := s.m.Hosts(q.filter(), keep, q.Limit)
+func (s *EmbeddedSource) Hosts(_ context.Context, q Query, scope Scope) ([]Host, error) {
+	hs := s.m.Hosts(q.filter(), scope.Contains, q.Limit)
 	out := make([]Host, len(hs))
 	for i, h := range hs {
 		out[i] = Host{Addr: h.Addr, Country: h.Country, ASN: h.ASN, Packets: h.Packets, Bytes: h.Bytes,

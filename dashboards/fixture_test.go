@@ -337,3 +337,9 @@ func (c *client) get(path string, v any) {
 		}
 	}
 }
+
+func newHTTPServer(t *testing.T, h http.Handler) *httptest.Server {
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return ts
+}

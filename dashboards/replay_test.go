@@ -105,20 +105,29 @@ func enrich(b *jasperv1.Batch) *jasperv1.Enrichment {
 // last three hours, and the reflection attack's backscatter at saopaulo-1
 // every 2 minutes in the last 90 minutes.
 func replay(t testing.TB, m *rollup.Module, now time.Time) {
+	log := replayLog(t, now)
+	for _, cb := range log {
+		m.OnBatch(cb.GetRaftIndex(), cb)
+	}
+	m.OnTick(uint64(len(log))+1, now)
+}
+
+// replayLog returns the committed batches of the replay, raft indexes from 1.
+func replayLog(t testing.TB, now time.Time) []*jasperv1.CommittedBatch {
 	caps := captures(t)
 	start := now.Truncate(time.Minute).Add(-6 * time.Hour)
-	var index uint64
+	var log []*jasperv1.CommittedBatch
 	seq := map[string]uint64{}
 	play := func(sensor, country, name string, at time.Time) {
 		bs := caps[name]
 		first := bs[0].GetBinStart()
 		for _, b := range bs {
-			index++
 			seq[sensor]++
+			index := uint64(len(log)) + 1
 			nb := &jasperv1.Batch{Sequence: seq[sensor], BinStart: at.Unix() + (b.GetBinStart() - first),
 				BinSeconds: b.GetBinSeconds(), Partial: b.GetPartial(), Stats: b.GetStats(), Rows: b.GetRows(),
 				SealedAtMs: at.Add(65 * time.Second).UnixMilli()}
-			m.OnBatch(index, &jasperv1.CommittedBatch{RaftIndex: index, SensorId: sensor, SensorCountry: country,
+			log = append(log, &jasperv1.CommittedBatch{RaftIndex: index, SensorId: sensor, SensorCountry: country,
 				Batch: nb, Enrichment: enrich(b), ReceivedAtMs: at.Add(66 * time.Second).UnixMilli()})
 		}
 	}
@@ -137,7 +146,7 @@ func replay(t testing.TB, m *rollup.Module, now time.Time) {
 			play("saopaulo-1", "BR", pcapReflection, at)
 		}
 	}
-	m.OnTick(index+1, now)
+	return log
 }
 
 // replayFindings builds the findings a detector would raise on the replay:

@@ -3,6 +3,7 @@ package dashboards
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -91,13 +92,37 @@ type SensorHealth struct {
 	CertExpiry *time.Time `json:"cert_expiry,omitempty"`
 }
 
+// Scope is whose host-level data a reader may see: everything (All), or
+// sources of the listed countries or inside the listed prefixes.
+type Scope struct {
+	All       bool
+	Countries []string
+	Prefixes  []netip.Prefix
+}
+
+// Contains reports whether a host with this address and country is in scope.
+func (s *Scope) Contains(addr netip.Addr, country string) bool {
+	if s.All {
+		return true
+	}
+	if country != "" && slices.Contains(s.Countries, country) {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range s.Prefixes {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
 // Source answers the dashboard questions: the embedded rollups (see
 // NewEmbeddedSource) or ClickHouse (see NewClickHouseSource). Hosts must
-// return only hosts that keep accepts; the API layer passes the reader's
-// constituency there and filters again.
+// return only hosts in scope (the API layer filters again).
 type Source interface {
 	Overview(ctx context.Context, q Query) ([]Point, error)
 	Top(ctx context.Context, q Query, d Dim) ([]Entry, error)
-	Hosts(ctx context.Context, q Query, keep func(addr netip.Addr, country string) bool) ([]Host, error)
+	Hosts(ctx context.Context, q Query, scope Scope) ([]Host, error)
 	Sensors(ctx context.Context) ([]SensorHealth, error)
 }

@@ -71,7 +71,8 @@ func (m *Module) Span() (oldest, newest time.Time) {
 }
 
 // Overview returns packets by class and distinct sources per step (a
-// multiple of the bin width; smaller values mean one bin).
+// multiple of the bin width; smaller values mean one bin). Steps without
+// matching traffic are left out.
 func (m *Module) Overview(f Filter, step time.Duration) []Point {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -90,14 +91,14 @@ func (m *Module) Overview(f Filter, step time.Duration) []Point {
 			continue
 		}
 		s := start - mod(start, st)
-		a := steps[s]
-		if a == nil {
-			a = &acc{p: Point{Start: time.Unix(s, 0).UTC(), Packets: map[string]uint64{}}}
-			steps[s] = a
-		}
 		for k, c := range bn.Cells {
 			if !f.cellOK(k) {
 				continue
+			}
+			a := steps[s]
+			if a == nil {
+				a = &acc{p: Point{Start: time.Unix(s, 0).UTC(), Packets: map[string]uint64{}}}
+				steps[s] = a
 			}
 			a.p.Packets[ClassName(jasperv1.TrafficClass(k.Class))] += c.Packets
 			a.p.Bytes += c.Bytes
