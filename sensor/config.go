@@ -12,6 +12,7 @@ import (
 
 	"github.com/jasperfed/jasper/internal/config"
 	"github.com/jasperfed/jasper/internal/pki"
+	"github.com/jasperfed/jasper/sensor/capture"
 	"github.com/jasperfed/jasper/sensor/spool"
 	"github.com/jasperfed/jasper/sensor/summary"
 	"github.com/jasperfed/jasper/sensor/uplink"
@@ -234,6 +235,25 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level))
+	}
+	return errors.Join(errs...)
+}
+
+// CheckFiles checks what Validate cannot: that the TLS files load as a key
+// pair and CA, and that a replay file is a readable capture. `jasper sensor
+// run --check` runs it after Validate.
+func (c Config) CheckFiles() error {
+	var errs []error
+	if _, err := pki.ClientConfig(c.TLS); err != nil {
+		errs = append(errs, fmt.Errorf("tls: %w", err))
+	}
+	if c.Source.Replay.File != "" {
+		src, err := capture.OpenFile(c.Source.Replay.File)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("source.replay.file: %w", err))
+		} else {
+			src.Close()
+		}
 	}
 	return errors.Join(errs...)
 }

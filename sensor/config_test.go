@@ -163,3 +163,17 @@ func TestStartFailureThenStop(t *testing.T) {
 		t.Fatalf("stop after a failed start: %v", err)
 	}
 }
+
+func TestCheckFilesNamesMissing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sensor.yaml")
+	os.WriteFile(path, []byte(goodYAML), 0o600)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cfg.CheckFiles()
+	if err == nil || !strings.Contains(err.Error(), "tls:") || !strings.Contains(err.Error(), "source.replay.file:") {
+		t.Fatalf("got %v, want errors naming tls and source.replay.file", err)
+	}
+}

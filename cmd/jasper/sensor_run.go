@@ -22,7 +22,7 @@ func init() {
 func sensorRun(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("jasper sensor run", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "sensor configuration file (YAML)")
-	check := fs.Bool("check", false, "validate the configuration, print the effective configuration and exit")
+	check := fs.Bool("check", false, "validate the configuration (and that its TLS and replay files load), print the effective configuration and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -34,6 +34,9 @@ func sensorRun(ctx context.Context, args []string) error {
 		return err
 	}
 	if *check {
+		if err := cfg.CheckFiles(); err != nil {
+			return fmt.Errorf("config %s: %w", *cfgPath, err)
+		}
 		out, err := yaml.Marshal(cfg)
 		if err != nil {
 			return err
