@@ -271,3 +271,48 @@ func FuzzAdminAPI(f *testing.F) {
 		}
 	})
 }
+
+// TestListenServesAdminAndTAXII runs the component's own HTTPS listener
+// with a hub certificate from files: a TAXII client with a bearer token
+// and an admin with a client certificate both get through; plain HTTP
+// does not.
+func TestListenServesAdminAndTAXII(t *testing.T) {
+	dir := t.TempDir()
+	files := failoverPKI(t, dir, "hub-1")
+	ca, err := pki.LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := directory.Parse([]byte(`recipients: [{id: cert-de, cert: true, country: DE, taxii_token_sha256: ` + sha("tok-de") + `}]`))
+	cfg := alerting.DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	l := memraft.New()
+	a, err := alerting.New(cfg, alerting.Deps{Store: l.Node(0), Directory: &d, TLS: files["hub-1"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Add(a.Module())
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop(t.Context())
+	base := "https://" + a.Addr().String()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	tokenClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if code, body := do(t, tokenClient, "GET", base+"/taxii2/jasper/collections/", "tok-de", nil); code != 200 || !strings.Contains(string(body), "cert-de") {
+		t.Fatalf("taxii %d %s", code, body)
+	}
+	is, _ := ca.Issue(pki.IssueRequest{Identity: pki.Identity{Role: pki.RoleAdmin, ID: "ops"}, Validity: time.Hour})
+	kp, _ := tls.X509KeyPair(is.CertPEM, is.KeyPEM)
+	adminClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{kp}}}}
+	if code, body := do(t, adminClient, "GET", base+"/api/v1/alerting/stats", "", nil); code != 200 {
+		t.Fatalf("admin %d %s", code, body)
+	}
+	if resp, err := http.Get("http://" + a.Addr().String() + "/taxii2/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP served")
+		}
+	}
+}

@@ -13,9 +13,9 @@
 //
 //	a, err := alerting.New(cfg, alerting.Deps{Store: st, Log: log, Registerer: reg, Node: nodeID})
 //	st.RegisterModule(a.Module())           // before the store starts
-//	detector findings -> a.Module().OnFinding(index, f) inside the FSM apply
+//	det.OnFinding(a.Module().ObserveFinding) // hub/detect findings, inside the FSM apply
 //	a.Start(ctx) ... a.Stop(ctx)            // after the store starts / before it stops
-//	mux.Handle("/api/v1/alerting/", a.AdminHandler())
+//	mux.Handle("/api/v1/alerting/", a.AdminHandler()) // or set listen: to serve them itself
 //	mux.Handle("/taxii2/", a.TAXIIHandler())
 package alerting
 
@@ -26,9 +26,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -37,6 +39,7 @@ import (
 	"github.com/jasperfed/jasper/alerting/outbox"
 	"github.com/jasperfed/jasper/alerting/taxii"
 	"github.com/jasperfed/jasper/alerting/webhook"
+	"github.com/jasperfed/jasper/internal/pki"
 )
 
 // Config is the "alerting" section of the hub configuration.
@@ -54,6 +57,13 @@ type Config struct {
 	TAXII      taxii.Config `yaml:"taxii"`
 	// AdminPrefix is where AdminHandler is mounted.
 	AdminPrefix string `yaml:"admin_prefix"`
+	// Listen, when set, makes Start serve the admin API and TAXII on this
+	// address over TLS 1.3 with the hub's certificate (Deps.TLS); client
+	// certificates of the federation CA are verified when presented, bearer
+	// tokens work without one. Empty: mount the handlers yourself.
+	Listen string `yaml:"listen"`
+	// InsecurePlaintextForDemo serves Listen without TLS (local demo only).
+	InsecurePlaintextForDemo bool `yaml:"insecure_plaintext_for_demo"`
 }
 
 // DefaultConfig returns the defaults.
@@ -106,6 +116,8 @@ type Deps struct {
 	SMTPTLS *tls.Config
 	// Authorize decides admin API access (nil: DefaultAuthorize).
 	Authorize Authorizer
+	// TLS is the hub's certificate and the federation CA, for Listen.
+	TLS pki.Files
 }
 
 // Alerting is the assembled alerting component; it implements the hub's
@@ -117,7 +129,10 @@ type Alerting struct {
 	worker *outbox.Worker
 	taxii  *taxii.Server
 	admin  http.Handler
+	tls    pki.Files
 
+	srv      *http.Server
+	addr     net.Addr
 	stopOnce sync.Once
 }
 
@@ -191,7 +206,12 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 	if auth == nil {
 		auth = DefaultAuthorize(m)
 	}
-	a := &Alerting{cfg: cfg, log: log.With("component", "alerting"), module: m, worker: w, taxii: tx}
+	if cfg.Listen != "" && !cfg.InsecurePlaintextForDemo {
+		if err := deps.TLS.Validate("tls"); err != nil {
+			return nil, fmt.Errorf("alerting listen: %w", err)
+		}
+	}
+	a := &Alerting{cfg: cfg, log: log.With("component", "alerting"), module: m, worker: w, taxii: tx, tls: deps.TLS}
 	a.admin = newAdmin(cfg.AdminPrefix, m, deps.Store, auth, a.log)
 	return a, nil
 }
@@ -199,17 +219,79 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 // Module is the FSM module to register with the raft store.
 func (a *Alerting) Module() *outbox.Module { return a.module }
 
-// Start runs the delivery worker (it acts only while this hub leads).
+// Start runs the delivery worker (it acts only while this hub leads) and,
+// with Listen set, the HTTPS server of the admin API and TAXII.
 func (a *Alerting) Start(ctx context.Context) error {
+	if a.cfg.Listen != "" {
+		if err := a.listen(); err != nil {
+			return err
+		}
+	}
 	a.worker.Start(context.WithoutCancel(ctx))
-	a.log.Info("alerting_started", "config", a.cfg)
+	a.log.Info("alerting_started", "config", a.cfg, "listen", a.Addr())
 	return nil
 }
 
-// Stop ends the worker; idempotent.
-func (a *Alerting) Stop(context.Context) error {
-	a.stopOnce.Do(a.worker.Stop)
+func (a *Alerting) listen() error {
+	mux := http.NewServeMux()
+	mux.Handle(a.cfg.AdminPrefix, a.admin)
+	mux.Handle(a.cfg.TAXII.Prefix, a.taxii)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: 5 * time.Minute,
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("alerting listen %s: %w", a.cfg.Listen, err)
+	}
+	if !a.cfg.InsecurePlaintextForDemo {
+		tc, err := serverTLS(a.tls)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		ln = tls.NewListener(ln, tc)
+	} else {
+		a.log.Warn("alerting_plaintext", "listen", ln.Addr().String(), "reason", "insecure_plaintext_for_demo")
+	}
+	a.srv, a.addr = srv, ln.Addr()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("alerting_http_failed", "err", err)
+		}
+	}()
 	return nil
+}
+
+// serverTLS is TLS 1.3 with the hub's certificate; client certificates of
+// the federation CA are verified when given (bearer tokens need none).
+func serverTLS(f pki.Files) (*tls.Config, error) {
+	kp, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, fmt.Errorf("alerting tls: %w", err)
+	}
+	pem, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, fmt.Errorf("alerting tls ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("alerting tls ca %s: no certificate", f.CA)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{kp}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}, nil
+}
+
+// Addr is the address Listen bound (nil when not serving).
+func (a *Alerting) Addr() net.Addr { return a.addr }
+
+// Stop ends the HTTP server and the worker; idempotent.
+func (a *Alerting) Stop(ctx context.Context) error {
+	var err error
+	a.stopOnce.Do(func() {
+		if a.srv != nil {
+			err = a.srv.Shutdown(ctx)
+		}
+		a.worker.Stop()
+	})
+	return err
 }
 
 // TAXIIHandler serves TAXII 2.1 under cfg.TAXII.Prefix ("/taxii2/").

@@ -166,6 +166,22 @@ func (m *Module) OnFinding(index uint64, f *jasperv1.Finding) {
 	m.observe(index, f, b)
 }
 
+// ObserveFinding is OnFinding for subscribers that get no index, such as
+// hub/detect's Detector.OnFinding(fn func(*jasperv1.Finding)): its
+// callbacks run inside the FSM apply, in log order, on every hub.
+//
+//	det.OnFinding(alerting.Module().ObserveFinding)
+func (m *Module) ObserveFinding(f *jasperv1.Finding) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(f)
+	if err != nil {
+		m.log.Error("finding_marshal_failed", "err", err)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.observe(m.st.Index, f, b)
+}
+
 func (m *Module) observe(index uint64, f *jasperv1.Finding, b []byte) {
 	m.st.Index = index
 	m.st.Stats.Findings++
