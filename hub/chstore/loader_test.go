@@ -2,7 +2,6 @@ package chstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -316,4 +315,3 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-var _ = errors.New
