@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/jasperfed/jasper/hub/chstore/chstoretest"
+	"github.com/jasperfed/jasper/internal/config"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
@@ -315,3 +316,39 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// The leader's loader applies retention: old days go from every table,
+// recent ones stay.
+func TestLoaderRetention(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	r := rand.New(rand.NewPCG(11, 12))
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	mlog := &memLog{}
+	mlog.append(
+		genBatch(r, "s1", today.AddDate(0, 0, -10).Unix(), 1, 20),
+		genBatch(r, "s1", today.AddDate(0, 0, -1).Unix(), 2, 20),
+		genBatch(r, "s1", today.Unix(), 3, 20),
+	)
+	src := &memSource{log: mlog, leader: true}
+	cfg := testConfig(db)
+	cfg.RetentionDays = 2
+	cfg.RetentionInterval = config.Duration(50 * time.Millisecond)
+	l := newTestLoader(t, cfg, src, conn)
+	waitLoaded(t, mlog, time.Minute)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var days uint64
+		var oldest time.Time
+		if err := conn.QueryRow(context.Background(), "SELECT uniqExact(toDate(bin_start)), min(bin_start) FROM "+db+".summary").Scan(&days, &oldest); err != nil {
+			t.Fatal(err)
+		}
+		dropped := testutil.ToFloat64(l.m.droppedParts)
+		if days == 2 && oldest.Equal(today.AddDate(0, 0, -1)) && dropped == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("summary holds %d days from %v, %v partitions dropped; want 2 days from %v, 5 partitions (one day of five tables)",
+				days, oldest, dropped, today.AddDate(0, 0, -1))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
