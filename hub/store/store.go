@@ -535,7 +535,9 @@ func (s *Store) applyAsync(t jasperv1.CommandType, msg proto.Message) (raft.Appl
 	if r.State() != raft.Leader {
 		return nil, time.Time{}, s.notLeader()
 	}
-	if need := commandMinVersion[t]; need > s.clusterVersion(r) {
+	// Version 1 commands every hub applies; newer ones only once every
+	// member has registered support (hub/DESIGN.md).
+	if need := commandMinVersion[t]; need > 1 && need > s.clusterVersion(r) {
 		return nil, time.Time{}, fmt.Errorf("%w: %s needs command version %d but a hub of the cluster applies only up to %d: upgrade every hub first", ErrUnknownCommand, t, need, s.clusterVersion(r))
 	}
 	data, err := encodeCommand(t, msg)
