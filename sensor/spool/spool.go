@@ -18,7 +18,8 @@
 // Append writes the record and fsyncs the segment before it returns, so a
 // sequence number handed out is on disk; a new segment also fsyncs the
 // folder. The state file is replaced atomically (write, fsync, rename, fsync
-// folder) whenever sequence numbers are reserved and whenever the done
+// folder) whenever sequence numbers are reserved, before segments are
+// deleted, at Close, and otherwise at most once a second as the done
 // watermark advances. Segments are deleted only after the state file that
 // covers them is durable. After kill -9 a reopened spool therefore holds every
 // batch Append returned for and that was not acknowledged; acknowledgements
@@ -76,6 +77,9 @@ var (
 
 // reserveBlock is how many sequence numbers one state write reserves.
 const reserveBlock = 1024
+
+// stateEvery bounds how often acknowledgements alone rewrite the state file.
+const stateEvery = time.Second
 
 // Config bounds a spool.
 type Config struct {
@@ -158,6 +162,7 @@ type Spool struct {
 	reserved uint64
 	done     uint64 // every sequence <= done needs no sending
 	saved    uint64 // done as last written to the state file
+	savedAt  time.Time
 	cursor   uint64
 	bytes    int64
 	changed  chan struct{}
@@ -224,7 +229,7 @@ func (s *Spool) writeState() error {
 	if err := os.Rename(tmp, s.statePath()); err != nil {
 		return fmt.Errorf("rename spool state: %w", err)
 	}
-	s.saved = s.done
+	s.saved, s.savedAt = s.done, time.Now()
 	return syncDir(s.dir)
 }
 
@@ -755,7 +760,10 @@ func (s *Spool) settleLocked() error {
 		kept = append(kept, seg)
 	}
 	s.segs = kept
-	if s.done != s.saved || len(dead) > 0 {
+	// The watermark is saved when segments go and at most once a second
+	// otherwise: a stale watermark after a crash only resends batches the
+	// hub recognises, and sequence safety rests on the reservation.
+	if len(dead) > 0 || s.done != s.saved && time.Since(s.savedAt) >= stateEvery {
 		if err := s.writeState(); err != nil {
 			return err
 		}
