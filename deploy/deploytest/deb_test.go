@@ -3,6 +3,7 @@ package deploytest
 import (
 	"bytes"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,14 +113,37 @@ func TestDebPackages(t *testing.T) {
 		if bytes.Contains(b, []byte("/var/lib/jasper/")) {
 			t.Errorf("%s writes under /var/lib/jasper/, outside StateDirectory=jasper-%s", conf, role)
 		}
+		if want := "/var/lib/jasper-" + role; !bytes.Contains(b, []byte(want)) {
+			t.Errorf("%s does not keep its state in %s", conf, want)
+		}
 		if role == "hub" {
 			// The hub's --check loads its TLS files: give it some.
 			writeHubCerts(t, filepath.Join(scratch, "etc/jasper"), conf)
+		} else {
+			// The sensor's --check loads the files enrolment writes into
+			// /var/lib/jasper-sensor: check a copy pointing at a state
+			// folder holding them.
+			state := t.TempDir()
+			ca, err := pki.NewCA("deb test", time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			is, err := ca.Issue(pki.IssueRequest{Identity: pki.Identity{Role: pki.RoleSensor, ID: "jp-tokyo-1", Country: "JP",
+				Prefixes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}, Validity: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, data := range map[string][]byte{"ca.pem": ca.PEM, "cert.pem": is.CertPEM, "key.pem": is.KeyPEM} {
+				if err := os.WriteFile(filepath.Join(state, name), data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			conf = filepath.Join(t.TempDir(), "sensor.yaml")
+			if err := os.WriteFile(conf, bytes.ReplaceAll(b, []byte("/var/lib/jasper-sensor"), []byte(state)), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
-		check := run(t, scratch, bin, role, "run", "--config", conf, "--check")
-		if want := "/var/lib/jasper-" + role; !strings.Contains(check, want) {
-			t.Errorf("effective %s config does not use %s:\n%s", role, want, check)
-		}
+		run(t, scratch, bin, role, "run", "--config", conf, "--check")
 		verifyUnit(t, scratch, role)
 	}
 }
