@@ -158,7 +158,8 @@ type Spool struct {
 	segs     []*segment // oldest first
 	active   *os.File   // file of the last segment when appendable
 	entries  []entry    // unacknowledged records, by sequence
-	next     uint64
+	next     uint64     // next sequence to assign (reservations skip ahead after a restart)
+	last     uint64     // highest sequence assigned to a batch
 	reserved uint64
 	done     uint64 // every sequence <= done needs no sending
 	saved    uint64 // done as last written to the state file
@@ -207,7 +208,7 @@ func (s *Spool) writeState() error {
 	b = append(b, stateMagic...)
 	b = binary.LittleEndian.AppendUint64(b, s.done)
 	b = binary.LittleEndian.AppendUint64(b, s.reserved)
-	b = binary.LittleEndian.AppendUint64(b, s.next-1)
+	b = binary.LittleEndian.AppendUint64(b, s.last)
 	b = binary.LittleEndian.AppendUint64(b, s.cursor)
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 	tmp := s.statePath() + ".tmp"
@@ -364,6 +365,7 @@ func (s *Spool) load() error {
 	}
 	s.next = max(lastSeq, st.reserved, st.done, st.last) + 1
 	s.reserved = s.next - 1
+	s.last = max(lastSeq, st.last)
 	if lastSeq > st.last {
 		s.cursor = lastCursor
 	} else {
@@ -428,7 +430,7 @@ func (s *Spool) pruneQuarantine() {
 // advanceDone moves the done watermark up to just below the first
 // unacknowledged record.
 func (s *Spool) advanceDone() {
-	d := s.next - 1
+	d := s.last
 	if len(s.entries) > 0 {
 		d = s.entries[0].seq - 1
 	}
@@ -535,6 +537,7 @@ func (s *Spool) appendLocked(b *jasperv1.Batch, cursor uint64) (uint64, error) {
 	seg.live++
 	s.bytes += int64(len(rec))
 	s.next = seq + 1
+	s.last = seq
 	s.cursor = cursor
 	s.st.Appended++
 	s.m.appended.Inc()
@@ -848,11 +851,13 @@ func (s *Spool) FirstUnacked() uint64 {
 	return s.entries[0].seq
 }
 
-// Last is the highest sequence assigned so far (0 before the first).
+// Last is the highest sequence assigned to a batch so far (0 before the
+// first). After a restart the next sequence may be well above it: numbers
+// reserved before the restart are skipped.
 func (s *Spool) Last() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.next - 1
+	return s.last
 }
 
 // Cursor is the cursor stored with the most recently appended batch: a
@@ -872,7 +877,7 @@ func (s *Spool) Stats() Stats {
 	st.Batches = len(s.entries)
 	st.Bytes = s.bytes
 	st.Segments = len(s.segs)
-	st.Last = s.next - 1
+	st.Last = s.last
 	if len(s.entries) > 0 {
 		st.FirstUnacked = s.entries[0].seq
 	}

@@ -154,6 +154,9 @@ func TestSequenceMonotonicAcrossReopen(t *testing.T) {
 		}
 	}
 	s, _ := open(t, dir, smallConfig())
+	if s.Last() != last {
+		t.Fatalf("Last after reopen %d, want the last assigned %d", s.Last(), last)
+	}
 	if s.Cursor() != 3 {
 		t.Fatalf("cursor after reopen %d, want 3", s.Cursor())
 	}
