@@ -74,6 +74,7 @@ type AFPacket struct {
 	opts     AFPacketOptions
 	link     layers.LinkType
 	socks    []*afpacket.TPacket
+	perSock  []atomic.Uint64 // frames read from each socket
 	since    time.Time
 	received atomic.Uint64
 	closed   atomic.Bool
@@ -144,14 +145,15 @@ func OpenAFPacket(iface string, opts AFPacketOptions) (*AFPacket, error) {
 			}
 		}
 	}
+	s.perSock = make([]atomic.Uint64, len(s.socks))
 	if opts.Sockets > 1 {
 		s.ch = make(chan *frameBatch, 2*opts.Sockets)
 		s.free = make(chan *frameBatch, 4*opts.Sockets)
 		s.done = make(chan struct{})
 		s.errs = make(chan error, opts.Sockets)
-		for _, tp := range s.socks {
+		for i, tp := range s.socks {
 			s.wg.Add(1)
-			go s.pump(tp)
+			go s.pump(tp, &s.perSock[i])
 		}
 	}
 	return s, nil
@@ -204,7 +206,18 @@ func (s *AFPacket) readDirect() ([]byte, gopacket.CaptureInfo, error) {
 		return nil, ci, fmt.Errorf("read %s: %w", s.iface, err)
 	}
 	s.received.Add(1)
+	s.perSock[0].Add(1)
 	return data, ci, nil
+}
+
+// SocketReceived returns how many frames each socket of the fanout group
+// has read (one entry per socket), to see how the kernel spreads the load.
+func (s *AFPacket) SocketReceived() []uint64 {
+	out := make([]uint64, len(s.perSock))
+	for i := range s.perSock {
+		out[i] = s.perSock[i].Load()
+	}
+	return out
 }
 
 func (s *AFPacket) readFanIn() ([]byte, gopacket.CaptureInfo, error) {
@@ -247,7 +260,7 @@ func (s *AFPacket) readFanIn() ([]byte, gopacket.CaptureInfo, error) {
 }
 
 // pump copies frames from one socket into batches for readFanIn.
-func (s *AFPacket) pump(tp *afpacket.TPacket) {
+func (s *AFPacket) pump(tp *afpacket.TPacket, count *atomic.Uint64) {
 	defer s.wg.Done()
 	var b *frameBatch
 	var first time.Time
@@ -287,6 +300,7 @@ func (s *AFPacket) pump(tp *afpacket.TPacket) {
 			}
 			first = ci.Timestamp
 		}
+		count.Add(1)
 		b.buf = append(b.buf, data...)
 		b.ends = append(b.ends, len(b.buf))
 		ci.AncillaryData = nil

@@ -241,6 +241,19 @@ func TestLiveCaptureSummarised(t *testing.T) {
 			if st.Received != dark+outside || st.KernelDrops != 0 {
 				t.Fatalf("source received %d (drops %d), sent %d", st.Received, st.KernelDrops, dark+outside)
 			}
+			per := src.SocketReceived()
+			var sum uint64
+			busy := 0
+			for _, n := range per {
+				sum += n
+				if n > 0 {
+					busy++
+				}
+			}
+			if len(per) != sockets || sum != dark+outside || sockets > 1 && busy < 2 {
+				t.Fatalf("per-socket counts %v: want %d sockets summing to %d, more than one busy", per, sockets, dark+outside)
+			}
+			t.Logf("frames per socket: %v", per)
 			if res.st.PacketsSeen != dark+outside || res.st.PacketsSummarised != dark || res.st.OutsideDarknet != outside {
 				t.Fatalf("summary totals %+v; sent %d darknet + %d outside", res.st, dark, outside)
 			}
