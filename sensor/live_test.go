@@ -175,6 +175,9 @@ func TestLiveSensorToHub(t *testing.T) {
 	if packets != dark || seen != dark+outside || out != outside {
 		t.Fatalf("hub holds %d darknet packets, %d seen, %d outside; sent %d darknet, %d outside", packets, seen, out, dark, outside)
 	}
+	if n, err := testutil.GatherAndCount(reg, "jasper_sensor_capture_socket_frames_total"); err != nil || n != 2 {
+		t.Fatalf("per-socket frame counters: %d, %v; want 2", n, err)
+	}
 	if v := testutil.ToFloat64(s.m.packets.WithLabelValues("tcp_syn")); v != dark {
 		t.Fatalf("jasper_sensor_packets_total{class=tcp_syn} = %v, want %d", v, dark)
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,6 +145,19 @@ func (s *Sensor) openSource(sp *spool.Spool) (capture.Source, func(*jasperv1.Bat
 		src, err := capture.OpenAFPacket(s.cfg.Source.Interface, capture.AFPacketOptions{Sockets: s.cfg.Source.Fanout})
 		if err != nil {
 			return nil, nil, err
+		}
+		if s.deps.Registerer != nil {
+			for i := range s.cfg.Source.Fanout {
+				c := prometheus.NewCounterFunc(prometheus.CounterOpts{
+					Name:        "jasper_sensor_capture_socket_frames_total",
+					Help:        "Frames read from each AF_PACKET socket of the fanout group.",
+					ConstLabels: prometheus.Labels{"socket": strconv.Itoa(i)},
+				}, func() float64 { return float64(src.SocketReceived()[i]) })
+				if err := s.deps.Registerer.Register(c); err != nil {
+					src.Close()
+					return nil, nil, fmt.Errorf("sensor metrics: %w", err)
+				}
+			}
 		}
 		return src, func(b *jasperv1.Batch) error { return s.spoolBatch(sp, b, 0) }, nil
 	}
