@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -42,9 +41,7 @@ func benchIngest(b *testing.B, window int, rate int) {
 	waitFor(b, "leader", hubs[0].st.IsLeader)
 	for _, id := range []string{"h2", "h3"} {
 		h := startHub(b, f, id, false, prod)
-		if _, err := jasperv1.NewAdminServiceClient(dial(b, hubs[0].srv.Addr(), admin)).Join(context.Background(), &jasperv1.JoinRequest{NodeId: id, RaftAddress: h.st.RaftAddr()}); err != nil {
-			b.Fatal(err)
-		}
+		joinVia(b, hubs, admin, id, h.st.RaftAddr())
 		hubs = append(hubs, h)
 	}
 	bin := nowBin()

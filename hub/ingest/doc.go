@@ -24,6 +24,12 @@
 // check is on the Hello prefixes, and the country recorded with every batch
 // is the one bound in the certificate, never a value the sensor sends.
 //
+// A THROTTLE or NOT_LEADER refusal ends the stream: batches pipelined
+// behind the refused one are not taken, so that none of them can commit
+// ahead of it; the sensor reconnects and resumes from committed_through.
+// INVALID, BAD_TIME and TOO_LARGE refuse one batch for good and the stream
+// goes on.
+//
 // Batches of one stream are pipelined: up to max_in_flight are proposed
 // before the first is acked. Each carries the previous one's sequence as
 // a requirement, so the FSM never applies a batch whose predecessor on the

@@ -197,9 +197,9 @@ func open(t testing.TB, cc *grpc.ClientConn, hello *jasperv1.Hello) (*sensorStre
 		return nil, nil, err
 	}
 	t.Cleanup(cancel)
-	if err := st.Send(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Hello{Hello: hello}}); err != nil {
+	if err := st.Send(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Hello{Hello: hello}}); err != nil && err != io.EOF {
 		return nil, nil, err
-	}
+	} // on io.EOF the server ended the stream: Recv returns its status
 	resp, err := st.Recv()
 	return &sensorStream{t: t, stream: st, cancel: cancel}, resp, err
 }
@@ -415,10 +415,18 @@ func TestIngestThrottlesWhenLoaderQueueFull(t *testing.T) {
 	if r.GetReason() != jasperv1.RefusalReason_REFUSAL_REASON_THROTTLE || r.RetryAfterMs == 0 {
 		t.Fatalf("want THROTTLE, got %v", r)
 	}
+	// Nothing behind the refused batch is taken: the stream ends.
+	if _, err := s.stream.Recv(); err != io.EOF {
+		t.Fatalf("stream after THROTTLE: %v", err)
+	}
 	// The loader catches up; the same batch is then taken.
 	p := h.st.Pending(0, 1000)
 	if err := h.st.MarkLoaded(context.Background(), p[len(p)-1].RaftIndex); err != nil {
 		t.Fatal(err)
+	}
+	s, resp, err := open(t, dial(t, h.srv.Addr(), sensor), &jasperv1.Hello{SensorId: "s1"})
+	if err != nil || resp.GetWelcome().GetCommittedThrough() != 2 {
+		t.Fatalf("reconnect: %v %v", resp, err)
 	}
 	s.send(validBatch(3, bin, 10))
 	if a := s.recv().GetAck(); a.GetSequence() != 3 || a.Duplicate {
@@ -434,11 +442,7 @@ func TestIngestThreeHubs(t *testing.T) {
 	waitFor(t, "leader", hubs[0].st.IsLeader)
 	for _, id := range []string{"h2", "h3"} {
 		h := startHub(t, f, id, false, nil)
-		// Join through the admin API of the leader.
-		_, err := jasperv1.NewAdminServiceClient(dial(t, hubs[0].srv.Addr(), adminFiles)).Join(context.Background(), &jasperv1.JoinRequest{NodeId: id, RaftAddress: h.st.RaftAddr()})
-		if err != nil {
-			t.Fatal(err)
-		}
+		joinVia(t, hubs, adminFiles, id, h.st.RaftAddr())
 		hubs = append(hubs, h)
 	}
 	leader := func() *hubNode {
@@ -535,6 +539,28 @@ func TestIngestThreeHubs(t *testing.T) {
 		t.Fatalf("no state hash header: %v", hdr)
 	}
 	t.Logf("status: leader %s applied %d hash %s (node hash %s)", resp.NodeId, resp.AppliedIndex, hdr.Get("jasper-state-hash")[0][:12], h2[:12])
+}
+
+// joinVia adds a hub through the admin API of whichever hub leads (a
+// loaded two-node cluster may change leader while the second one starts).
+func joinVia(t testing.TB, hubs []*hubNode, admin pki.Files, id, raftAddr string) {
+	t.Helper()
+	var last error
+	waitFor(t, "join of "+id, func() bool {
+		for _, h := range hubs {
+			if !h.st.IsLeader() {
+				continue
+			}
+			_, last = jasperv1.NewAdminServiceClient(dial(t, h.srv.Addr(), admin)).Join(context.Background(), &jasperv1.JoinRequest{NodeId: id, RaftAddress: raftAddr})
+			if last == nil {
+				return true
+			}
+			if status.Code(last) != codes.FailedPrecondition {
+				t.Fatal(last)
+			}
+		}
+		return false
+	})
 }
 
 // TestPlaintextNeedsTheFlag checks that a server without TLS files does

@@ -140,6 +140,13 @@ func (s *Server) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasp
 				recvErr <- nil
 				return
 			}
+			// After a transient refusal nothing more of this stream is
+			// taken: a later batch committed now would hide the refused
+			// one, which the sensor resends after reconnecting.
+			if r := a.refusal; r != nil && (r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_THROTTLE || r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_NOT_LEADER) {
+				recvErr <- nil
+				return
+			}
 		}
 	}()
 	if err := s.sendAnswers(ctx, st, answers, log); err != nil {

@@ -325,10 +325,16 @@ func (s *Store) open() (*raft.Raft, error) {
 	return s.raft, nil
 }
 
-// IsLeader reports whether this hub is the raft leader.
+// IsLeader reports whether this hub is the raft leader and has applied
+// every entry committed before its term.
 func (s *Store) IsLeader() bool {
 	r, err := s.open()
-	return err == nil && r.State() == raft.Leader
+	if err != nil || r.State() != raft.Leader {
+		return false
+	}
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	return s.isLeader
 }
 
 // SetIngestAddr sets the ingest address this hub registers when it
@@ -376,8 +382,9 @@ func (s *Store) RaftAddr() string {
 }
 
 // LeaderChanges returns a new subscription to leadership changes: it
-// receives the current state at once, then true on gaining and false on
-// losing leadership. A slow reader sees only the latest value. The channel
+// receives the current state at once, then true on gaining leadership
+// (after the new leader applied everything committed before its term) and
+// false on losing it. A slow reader sees only the latest value. The channel
 // is closed when the store stops.
 func (s *Store) LeaderChanges() <-chan bool {
 	ch := make(chan bool, 1)
@@ -441,13 +448,35 @@ func (s *Store) watchLeadership() {
 				var duties sync.WaitGroup
 				duties.Go(func() { s.leaderDuties(ctx) })
 				stopDuties = func() { cancel(); duties.Wait() }
+			} else {
+				s.setLeader(false)
 			}
-			s.setLeader(lead)
 		}
 	}
 }
 
 func (s *Store) leaderDuties(ctx context.Context) {
+	// A new leader first applies everything committed before its term
+	// (a barrier), so that watermarks and the loader queue it serves are
+	// complete; only then does it call itself leader.
+	for {
+		r, err := s.open()
+		if err != nil {
+			return
+		}
+		if err := waitFuture(ctx, r.Barrier(s.cfg.ApplyTimeout)); err == nil {
+			break
+		} else if ctx.Err() != nil || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.setLeader(true)
+	defer s.setLeader(false)
 	reg := &jasperv1.RegisterNodeCommand{NodeId: s.cfg.NodeID, IngestAddress: s.IngestAddr(), RaftAddress: s.RaftAddr(), MaxCommandVersion: CommandVersion}
 	for attempt := 0; ; attempt++ {
 		if _, err := s.apply(ctx, jasperv1.CommandType_COMMAND_TYPE_REGISTER_NODE, reg); err == nil {
