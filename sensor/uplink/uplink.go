@@ -244,14 +244,14 @@ func (u *Uplink) loop(ctx context.Context) {
 			idx++
 		}
 		next = ""
-		welcomed, err := u.session(ctx, addr)
+		progressed, err := u.session(ctx, addr)
 		u.connected.Store(false)
 		u.hub.Store("")
 		u.m.connected.Set(0)
 		if ctx.Err() != nil {
 			return
 		}
-		if welcomed {
+		if progressed {
 			backoff = u.cfg.BackoffMin
 			redirects = 0
 		}
@@ -302,7 +302,10 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// session runs one stream to addr. It reports whether the hub welcomed it.
+// session runs one stream to addr. It reports whether the stream made
+// progress (welcomed, and then acked a batch or lasted a while), which resets
+// the backoff: a hub that welcomes and drops every stream at once must not
+// be redialled in a tight loop.
 func (u *Uplink) session(ctx context.Context, addr string) (bool, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(u.creds))
 	if err != nil {
@@ -371,19 +374,21 @@ func (u *Uplink) session(ctx context.Context, addr string) (bool, error) {
 		// duplicates, so move above them.
 		n, err := u.spool.Resequence(welcome.CommittedThrough)
 		if err != nil {
-			return true, fmt.Errorf("resequence spool above %d: %w", welcome.CommittedThrough, err)
+			return false, fmt.Errorf("resequence spool above %d: %w", welcome.CommittedThrough, err)
 		}
 		u.log.Warn("uplink_spool_behind_hub", "hub", addr, "committed_through", welcome.CommittedThrough, "spool_last", last, "renumbered", n)
 	}
 	if err := u.spool.AckThrough(welcome.CommittedThrough); err != nil {
-		return true, fmt.Errorf("drop committed batches: %w", err)
+		return false, fmt.Errorf("drop committed batches: %w", err)
 	}
 	u.connected.Store(true)
 	u.hub.Store(addr)
 	u.m.connected.Set(1)
 	u.log.Info("uplink_connected", "hub", addr, "hub_id", welcome.HubId, "committed_through", welcome.CommittedThrough, "max_batch_bytes", welcome.MaxBatchBytes)
 	s := &session{u: u, addr: addr, stream: stream, maxBytes: int(welcome.MaxBatchBytes), inflight: map[uint64]time.Time{}, kick: make(chan struct{}, 1), cursor: welcome.CommittedThrough}
-	return true, s.run(sctx, cancel)
+	began := time.Now()
+	err = s.run(sctx, cancel)
+	return s.acks.Load() > 0 || time.Since(began) > 10*time.Second, err
 }
 
 func (u *Uplink) helloRefused(addr string, r *jasperv1.Refusal) error {
@@ -427,6 +432,7 @@ type session struct {
 
 	mu         sync.Mutex
 	inflight   map[uint64]time.Time
+	acks       atomic.Uint64
 	cursor     uint64 // highest sequence sent (or known committed)
 	lastAnswer time.Time
 	kick       chan struct{}
@@ -548,6 +554,7 @@ func (s *session) receive() error {
 }
 
 func (s *session) acked(a *jasperv1.Ack) {
+	s.acks.Add(1)
 	s.mu.Lock()
 	sent, ok := s.inflight[a.Sequence]
 	delete(s.inflight, a.Sequence)
