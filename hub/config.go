@@ -241,6 +241,18 @@ func checkAddr(key, addr string, required bool) error {
 	return nil
 }
 
+func unspecifiedHost(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
 // Validate checks the configuration, naming the key at fault.
 func (c Config) Validate() error {
 	if c.NodeID == "" {
@@ -273,6 +285,12 @@ func (c Config) Validate() error {
 		if err := checkAddr(a.key, a.addr, a.required); err != nil {
 			return err
 		}
+	}
+	if c.Raft.Advertise == "" && unspecifiedHost(c.Raft.Bind) {
+		return fmt.Errorf("raft.advertise: required when raft.bind (%s) listens on all addresses: the address other hubs dial", c.Raft.Bind)
+	}
+	if c.Ingest.Advertise == "" && unspecifiedHost(c.Ingest.Listen) {
+		return fmt.Errorf("ingest.advertise: required when ingest.listen (%s) listens on all addresses: the address followers send sensors to", c.Ingest.Listen)
 	}
 	for i, p := range c.Raft.Peers {
 		if p.ID == "" {

@@ -56,6 +56,9 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 		{"clickhouse: {addr: 'ch:9000', database: ''}\n", "clickhouse.database"},
 		{"clickhouse: {addr: 'ch:9000', pasword: x}\n", "pasword"},
 		{"enrol: {listen: ':1'}\n", `unknown key "enrol"`},
+		{"raft: {bind: 0.0.0.0:7000}\n", "raft.advertise"},
+		{"ingest: {listen: ':7443'}\n", "ingest.advertise"},
+		{"raft: {bind: 0.0.0.0:7000, advertise: 10.0.0.1:7000}\ningest: {listen: ':7443', advertise: 10.0.0.1:7443}\n", ""},
 	} {
 		dir := t.TempDir()
 		cfg, err := LoadConfig(writeConfig(t, dir, tc.extra))
