@@ -82,7 +82,9 @@ type srcState struct {
 	epoch uint16 // early-flush epoch in which the source was first seen
 }
 
-// rowState is 72 bytes.
+// rowState is 64 bytes, one cache line (chunks are page-aligned): a
+// packet of a known key touches one line of the row table. dst.aux holds
+// the TTL range (min, max).
 type rowState struct {
 	key            rowKey
 	packets, bytes uint64
@@ -91,8 +93,10 @@ type rowState struct {
 	fragments      uint32
 	fp             [packet.NumFingerprints]uint32
 	dst            distinct
-	ttlMin, ttlMax uint8
 }
+
+func (r *rowState) ttlMin() uint8 { return r.dst.aux[0] }
+func (r *rowState) ttlMax() uint8 { return r.dst.aux[1] }
 
 const rowChunk = 4096
 
@@ -292,7 +296,7 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 	}
 	if r.packets == 1 {
 		r.firstMs, r.lastMs = ms, ms
-		r.ttlMin, r.ttlMax = info.TTL, info.TTL
+		r.dst.aux = [2]uint8{info.TTL, info.TTL}
 	} else {
 		if ms < r.firstMs {
 			r.firstMs = ms
@@ -300,11 +304,11 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 		if ms > r.lastMs {
 			r.lastMs = ms
 		}
-		if info.TTL < r.ttlMin {
-			r.ttlMin = info.TTL
+		if info.TTL < r.dst.aux[0] {
+			r.dst.aux[0] = info.TTL
 		}
-		if info.TTL > r.ttlMax {
-			r.ttlMax = info.TTL
+		if info.TTL > r.dst.aux[1] {
+			r.dst.aux[1] = info.TTL
 		}
 	}
 	if info.Fragment {

@@ -35,7 +35,7 @@ func rowBytes(r *rowState, distinctPorts uint32, dst uint32) int {
 	n += varint(uint64(r.key.port())) + 4  // dst_port, or icmp_type and icmp_code (at most 2 bytes each)
 	n += varint(r.packets) + varint(r.bytes) + varint(uint64(dst))
 	n += varint(uint64(r.firstMs)) + varint(uint64(r.lastMs))
-	n += varint(uint64(r.ttlMin)) + varint(uint64(r.ttlMax))
+	n += varint(uint64(r.ttlMin())) + varint(uint64(r.ttlMax()))
 	n += varint(uint64(distinctPorts)) + 1 + varint(uint64(r.fragments))
 	return n
 }
@@ -130,8 +130,8 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 			rows.DstIps = append(rows.DstIps, dst)
 			rows.FirstSeenMs = append(rows.FirstSeenMs, r.firstMs)
 			rows.LastSeenMs = append(rows.LastSeenMs, r.lastMs)
-			rows.TtlMin = append(rows.TtlMin, uint32(r.ttlMin))
-			rows.TtlMax = append(rows.TtlMax, uint32(r.ttlMax))
+			rows.TtlMin = append(rows.TtlMin, uint32(r.ttlMin()))
+			rows.TtlMax = append(rows.TtlMax, uint32(r.ttlMax()))
 			rows.DistinctPorts = append(rows.DistinctPorts, dp)
 			rows.Overflow = append(rows.Overflow, r.key.overflow())
 			rows.Fragments = append(rows.Fragments, r.fragments)

@@ -16,15 +16,16 @@ import (
 //     hllRegisters one-byte registers (standard error about 6.5 %).
 //
 // Slots are bounded per bin (Config.MaxSketches). A row that needs a slot
-// when none is left keeps counting in a 128-bit linear-counting bitmap in
+// when none is left keeps counting in a 96-bit linear-counting bitmap in
 // place of its inline values (good to a few hundred). Values are 32-bit:
 // the IPv4 address itself (exact), or a 32-bit hash of an IPv6 address or
 // the port.
 
 const (
-	inlineN      = 4
+	inlineN      = 3
 	slotWords    = 64
 	slotBytes    = slotWords * 4
+	bitmapBits   = inlineN * 32
 	hllRegisters = slotBytes // 256 one-byte registers in the same 256 bytes
 )
 
@@ -35,12 +36,15 @@ const (
 	modeBitmap
 )
 
-// distinct is 18 bytes. In modeList and modeHLL, inline[0] holds the slot
-// index.
+// distinct is 16 bytes. In modeList and modeHLL, inline[0] holds the slot
+// index. aux is not used by distinct: it fills what would be padding, and
+// rowState keeps its TTL range there so that a row is exactly one 64-byte
+// cache line.
 type distinct struct {
 	inline [inlineN]uint32
 	n      uint8 // values held exactly (inline or list)
 	mode   uint8
+	aux    [2]uint8
 }
 
 func (d *distinct) slot() uint32 { return d.inline[0] }
@@ -149,7 +153,7 @@ func (d *distinct) toBitmap() {
 }
 
 func (d *distinct) addBitmap(v uint32) {
-	h := mix32(v) & 127
+	h := mix32(v) % bitmapBits
 	d.inline[h/32] |= 1 << (h % 32)
 }
 
@@ -185,7 +189,7 @@ func (d *distinct) count(arena *slotArena) uint32 {
 		if zeros == 0 {
 			zeros = 1 // saturated: the estimate is a lower bound
 		}
-		return uint32(math.Round(128 * math.Log(128/float64(zeros))))
+		return uint32(math.Round(bitmapBits * math.Log(bitmapBits/float64(zeros))))
 	}
 	r := arena.get(d.slot())
 	const m = float64(hllRegisters)
