@@ -1,12 +1,17 @@
 package sensor
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/jasperfed/jasper/internal/config"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+	"github.com/jasperfed/jasper/sensor/spool"
 )
 
 const goodYAML = `
@@ -175,5 +180,21 @@ func TestCheckFilesNamesMissing(t *testing.T) {
 	err = cfg.CheckFiles()
 	if err == nil || !strings.Contains(err.Error(), "tls:") || !strings.Contains(err.Error(), "source.replay.file:") {
 		t.Fatalf("got %v, want errors naming tls and source.replay.file", err)
+	}
+}
+
+func TestSpoolFailureCountsLoss(t *testing.T) {
+	s := &Sensor{m: newMetrics(), log: slog.New(slog.DiscardHandler)}
+	sp, err := spool.Open(t.TempDir(), spool.DefaultConfig(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.Close() // every Append now fails
+	b := &jasperv1.Batch{Rows: &jasperv1.Rows{SrcIp: [][]byte{{192, 0, 2, 1}, {192, 0, 2, 2}}}}
+	if err := s.spoolBatch(sp, b, 0); err != nil {
+		t.Fatalf("a spool failure stopped capture: %v", err)
+	}
+	if testutil.ToFloat64(s.m.lost) != 1 || testutil.ToFloat64(s.m.lostRows) != 2 {
+		t.Fatalf("lost %v batches, %v rows", testutil.ToFloat64(s.m.lost), testutil.ToFloat64(s.m.lostRows))
 	}
 }

@@ -19,6 +19,7 @@
 // Metrics: jasper_sensor_packets_total{class}, jasper_sensor_bytes_total{class},
 // jasper_sensor_frames_total{outcome}, jasper_sensor_rows_total,
 // jasper_sensor_batches_total, jasper_sensor_capture_socket_frames_total{socket}
-// (live capture), jasper_sensor_replay_skipped_batches_total, the spool's jasper_sensor_spool_* and the
+// (live capture), jasper_sensor_replay_skipped_batches_total,
+// jasper_sensor_lost_batches_total (spool write errors), the spool's jasper_sensor_spool_* and the
 // uplink's jasper_sensor_uplink_* families.
 package sensor

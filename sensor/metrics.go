@@ -16,6 +16,8 @@ type metrics struct {
 	frames        *prometheus.CounterVec
 	sourceDone    prometheus.Gauge
 	replaySkipped prometheus.Counter
+	lost          prometheus.Counter
+	lostRows      prometheus.Counter
 	classNames    map[jasperv1.TrafficClass]string
 }
 
@@ -43,6 +45,12 @@ func newMetrics() *metrics {
 		replaySkipped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "jasper_sensor_replay_skipped_batches_total", Help: "Batches a resumed replay made again and dropped because they were spooled before the restart.",
 		}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jasper_sensor_lost_batches_total", Help: "Sealed batches the spool could not store (disk errors): lost data.",
+		}),
+		lostRows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jasper_sensor_lost_rows_total", Help: "Summary rows in lost batches.",
+		}),
 		classNames: map[jasperv1.TrafficClass]string{},
 	}
 	for v, name := range jasperv1.TrafficClass_name {
@@ -53,7 +61,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.packets, m.bytes, m.rows, m.batches, m.frames, m.sourceDone, m.replaySkipped} {
+	for _, c := range []prometheus.Collector{m.packets, m.bytes, m.rows, m.batches, m.frames, m.sourceDone, m.replaySkipped, m.lost, m.lostRows} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -224,12 +224,17 @@ func (s *Sensor) replayFingerprint(path string) (uint64, error) {
 	return h.Sum64() >> cursorBits, nil
 }
 
-// spoolBatch counts a sealed batch and appends it to the spool.
+// spoolBatch counts a sealed batch and appends it to the spool. A batch the
+// spool cannot take (disk error) is logged and counted as lost, and capture
+// goes on: stopping would lose every later packet too.
 func (s *Sensor) spoolBatch(sp *spool.Spool, b *jasperv1.Batch, cursor uint64) error {
 	s.m.observe(b)
 	seq, err := sp.Append(b, cursor)
 	if err != nil {
-		return fmt.Errorf("spool batch: %w", err)
+		s.m.lost.Inc()
+		s.m.lostRows.Add(float64(len(b.GetRows().GetSrcIp())))
+		s.log.Error("batch_lost", "bin_start", b.BinStart, "rows", len(b.GetRows().GetSrcIp()), "err", err)
+		return nil
 	}
 	s.log.Debug("batch_spooled", "sequence", seq, "bin_start", b.BinStart, "rows", len(b.GetRows().GetSrcIp()), "partial", b.Partial)
 	return nil
