@@ -109,6 +109,7 @@ type Module struct {
 	mu    sync.RWMutex
 	st    state
 	table *route.Table
+	sil   []*route.Silence // sorted silences, rebuilt per tick (derived)
 }
 
 // New builds a module holding the initial directory (from the YAML every
@@ -211,11 +212,16 @@ func (m *Module) observe(index uint64, f *jasperv1.Finding, b []byte) {
 
 func (m *Module) tick(index uint64, nowMs int64) {
 	m.st.Index = index
+	first := m.st.NowMs == 0
 	if nowMs > m.st.NowMs {
 		m.st.NowMs = nowMs
 	}
 	now := m.st.NowMs
 	created := false
+	m.sil = m.sil[:0]
+	for _, id := range sortedKeys(m.st.Silences) {
+		m.sil = append(m.sil, m.st.Silences[id])
+	}
 	for _, id := range sortedKeys(m.st.Groups) {
 		g := m.st.Groups[id]
 		r := m.st.Directory.Find(id)
@@ -223,7 +229,7 @@ func (m *Module) tick(index uint64, nowMs int64) {
 			delete(m.st.Groups, id)
 			continue
 		}
-		m.st.Stats.Expired += uint64(g.Expire(now, now-m.cfg.ExpireAfter.D().Milliseconds()))
+		m.st.Stats.Expired += uint64(g.Expire(now, now-m.cfg.ExpireAfter.D().Milliseconds(), first))
 		created = m.flush(r, g, now) || created
 	}
 	m.expireRetries(now)
@@ -248,12 +254,26 @@ func (m *Module) flush(r *directory.Recipient, g *route.Group, now int64) bool {
 }
 
 func (m *Module) silenced(recipient string, f *jasperv1.Finding, now int64) bool {
-	for _, id := range sortedKeys(m.st.Silences) {
-		if m.st.Silences[id].Matches(recipient, f, now) {
+	if len(m.sil) != len(m.st.Silences) { // outside a tick: rebuild
+		m.sil = m.sil[:0]
+		for _, id := range sortedKeys(m.st.Silences) {
+			m.sil = append(m.sil, m.st.Silences[id])
+		}
+	}
+	for _, s := range m.sil {
+		if s.Matches(recipient, f, now) {
 			return true
 		}
 	}
 	return false
+}
+
+// wakeAll makes every group look again at the next tick (silences or
+// routing changed).
+func (m *Module) wakeAll() {
+	for _, id := range sortedKeys(m.st.Groups) {
+		m.st.Groups[id].Wake()
+	}
 }
 
 func (m *Module) pendingFor(recipient string) int {
@@ -430,11 +450,15 @@ func (m *Module) Apply(index uint64, payload []byte) (any, error) {
 	case OpPutSilence:
 		s := *c.Silence
 		m.st.Silences[s.ID] = &s
+		m.sil = m.sil[:0]
+		m.wakeAll() // replacing a silence may unmute
 	case OpDeleteSilence:
 		if m.st.Silences[c.ID] == nil {
 			return nil, fmt.Errorf("silence %q: %w", c.ID, ErrNotFound)
 		}
 		delete(m.st.Silences, c.ID)
+		m.sil = m.sil[:0]
+		m.wakeAll()
 	case OpAck:
 		g := m.st.Groups[c.Ack.Recipient]
 		if g == nil || !g.Ack(c.Ack.FindingID) {
@@ -493,6 +517,7 @@ func (m *Module) attempt(a *AttemptCommand) (any, error) {
 func (m *Module) setDirectory(d directory.Directory) {
 	m.st.Directory = d
 	m.st.DirVersion++
+	m.wakeAll()
 	m.st.Stats.DirectoryLoads++
 	m.table = route.Compile(&m.st.Directory)
 	live := map[string]bool{}
@@ -575,6 +600,7 @@ func (m *Module) Restore(r io.Reader) error {
 	}
 	m.mu.Lock()
 	m.st = st
+	m.sil = nil
 	m.table = route.Compile(&m.st.Directory)
 	m.mu.Unlock()
 	m.signal()

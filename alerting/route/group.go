@@ -1,6 +1,7 @@
 package route
 
 import (
+	"math"
 	"sort"
 
 	"github.com/jasperfed/jasper/alerting/directory"
@@ -44,7 +45,16 @@ type Group struct {
 	BucketMs int64 `json:"bucket_ms"`
 	// RateLimited counts flushes held back by the rate limit.
 	RateLimited uint64 `json:"rate_limited,omitempty"`
+	// NextMs is the earliest event time at which Flush can have something
+	// to send (0: look now). It only ever errs early, never late, so a
+	// tick costs nothing for the groups with nothing due.
+	NextMs int64 `json:"next_ms,omitempty"`
+	// ExpireMs is when Expire next looks at the group.
+	ExpireMs int64 `json:"expire_ms,omitempty"`
 }
+
+// Wake makes the next Flush look at the group.
+func (g *Group) Wake() { g.NextMs = 0 }
 
 // NewGroup returns an empty group with a full rate bucket.
 func NewGroup(rt directory.Routing, nowMs int64) *Group {
@@ -64,9 +74,13 @@ func (g *Group) Observe(f *jasperv1.Finding, b []byte, reason Reason, nowMs int6
 	a.Finding, a.FindingBytes, a.Reason, a.UpdatedMs = f, b, reason, nowMs
 	if f.GetState() == jasperv1.FindingState_FINDING_STATE_ENDED {
 		a.Ended = true
+		g.NextMs = min(g.NextMs, nowMs)
 	} else if a.Ended {
 		// Came back after ending: a fresh episode.
 		*a = Alert{Finding: f, FindingBytes: b, Reason: reason, UpdatedMs: nowMs, PendingSinceMs: nowMs}
+	}
+	if !a.Notified {
+		g.NextMs = min(g.NextMs, nowMs)
 	}
 }
 
@@ -99,6 +113,9 @@ type Item struct {
 // along. Each notification spends one token of the hourly rate limit;
 // without a token everything waits (and is counted), nothing is dropped.
 func (g *Group) Flush(rt directory.Routing, nowMs int64, maxItems int, silenced func(*jasperv1.Finding) bool) []Item {
+	if nowMs < g.NextMs {
+		return nil
+	}
 	g.refill(rt, nowMs)
 	ids := make([]string, 0, len(g.Alerts))
 	for id := range g.Alerts {
@@ -106,34 +123,47 @@ func (g *Group) Flush(rt directory.Routing, nowMs int64, maxItems int, silenced 
 	}
 	sort.Strings(ids)
 
+	wait, interval, repeat := rt.GroupWait.D().Milliseconds(), rt.GroupInterval.D().Milliseconds(), rt.RepeatInterval.D().Milliseconds()
+	digestAt := g.LastDigestMs + interval
+	next := int64(math.MaxInt64)
 	var news, digest []string
 	newDue := false
 	for _, id := range ids {
 		a := g.Alerts[id]
 		if silenced(a.Finding) {
+			next = min(next, nowMs+1) // a silence may end at any tick
 			continue
 		}
 		switch {
 		case !a.Notified && !a.Ended:
 			news = append(news, id)
-			if nowMs >= a.PendingSinceMs+rt.GroupWait.D().Milliseconds() {
-				newDue = true
-			}
+			due := a.PendingSinceMs + wait
+			newDue = newDue || nowMs >= due
+			next = min(next, due)
 		case a.Notified && a.Ended:
 			digest = append(digest, id)
-		case a.Notified && !a.Acked && nowMs >= a.NotifiedMs+rt.RepeatInterval.D().Milliseconds():
-			digest = append(digest, id)
+			next = min(next, digestAt)
+		case a.Notified && !a.Acked:
+			due := a.NotifiedMs + repeat
+			if nowMs >= due {
+				digest = append(digest, id)
+			}
+			next = min(next, max(due, digestAt))
 		}
 	}
-	digestDue := len(digest) > 0 && nowMs >= g.LastDigestMs+rt.GroupInterval.D().Milliseconds()
+	digestDue := len(digest) > 0 && nowMs >= digestAt
 	if !newDue && !digestDue {
+		g.NextMs = next
 		g.gc()
 		return nil
 	}
 	if rt.RateLimitPerHour > 0 && g.Tokens < tokenCost {
 		g.RateLimited++
+		// The next whole token: (cost - tokens) / rate milliseconds away.
+		g.NextMs = nowMs + (tokenCost-g.Tokens+int64(rt.RateLimitPerHour)-1)/int64(rt.RateLimitPerHour)
 		return nil
 	}
+	g.NextMs = 0 // items changed: look again at the next tick
 	if rt.RateLimitPerHour > 0 {
 		g.Tokens -= tokenCost
 	}
@@ -185,8 +215,13 @@ func (g *Group) gc() {
 
 // Expire forgets findings not updated since beforeMs (the detector stopped
 // talking about them); it returns how many. Findings observed before the
-// first tick (time 0) are stamped with nowMs.
-func (g *Group) Expire(nowMs, beforeMs int64) int {
+// first tick (time 0) are stamped with nowMs. It looks at the group at
+// most once a minute of event time, or when force is set.
+func (g *Group) Expire(nowMs, beforeMs int64, force bool) int {
+	if !force && nowMs < g.ExpireMs {
+		return 0
+	}
+	g.ExpireMs = nowMs + 60_000
 	n := 0
 	for id, a := range g.Alerts {
 		if a.UpdatedMs == 0 {
