@@ -3,9 +3,9 @@ package hub
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"sort"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -36,8 +36,12 @@ type Config struct {
 	TickInterval config.Duration `yaml:"tick_interval"`
 	// MaxPendingRows bounds the loader queue; past it sensors are told to
 	// hold back (THROTTLE).
-	MaxPendingRows uint64           `yaml:"max_pending_rows"`
-	ClickHouse     ClickHouseConfig `yaml:"clickhouse"`
+	MaxPendingRows uint64 `yaml:"max_pending_rows"`
+	// ClickHouse is the loader's section, decoded strictly by the
+	// ClickHouse extension (hub/chstore Config: addr, database, username,
+	// password, retention, ...) through Section("clickhouse", ...). Empty:
+	// no ClickHouse; the hub keeps only its embedded state.
+	ClickHouse yaml.Node `yaml:"clickhouse,omitempty"`
 
 	// Sections holds the top-level sections of optional components
 	// (enrol, enrich, rollup, detect, alerting, ...). Each must be claimed
@@ -109,34 +113,6 @@ type AdminConfig struct {
 	IDs []string `yaml:"ids"`
 }
 
-// ClickHouseConfig is where the loader writes. An empty Addr means no
-// ClickHouse: the hub keeps only its embedded state and no loader queue.
-type ClickHouseConfig struct {
-	Addr     string `yaml:"addr"`
-	Database string `yaml:"database"`
-	Username string `yaml:"username"`
-	Password Secret `yaml:"password"`
-}
-
-// Secret is a string that never appears in logs or --check output.
-type Secret string
-
-// LogValue redacts the secret.
-func (s Secret) LogValue() slog.Value {
-	if s == "" {
-		return slog.StringValue("")
-	}
-	return slog.StringValue("REDACTED")
-}
-
-// MarshalYAML redacts the secret.
-func (s Secret) MarshalYAML() (any, error) {
-	if s == "" {
-		return "", nil
-	}
-	return "REDACTED", nil
-}
-
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	sc := store.DefaultConfig()
@@ -169,7 +145,6 @@ func DefaultConfig() Config {
 		},
 		TickInterval:   config.Duration(10 * time.Second),
 		MaxPendingRows: ic.MaxPendingRows,
-		ClickHouse:     ClickHouseConfig{Database: "jasper", Username: "default"},
 	}
 }
 
@@ -191,6 +166,42 @@ func LoadConfig(path string) (Config, error) {
 // Resolve makes a path of a section absolute relative to the config file.
 func (c Config) Resolve(p string) string { return config.Resolve(c.Path, p) }
 
+// Redacted returns a copy whose section values under keys that look like
+// secrets (password, secret, token, key_pem) read REDACTED: what --check
+// prints.
+func (c Config) Redacted() Config {
+	out := c
+	out.ClickHouse = redactNode(c.ClickHouse)
+	out.Sections = map[string]yaml.Node{}
+	for k, n := range c.Sections {
+		out.Sections[k] = redactNode(n)
+	}
+	return out
+}
+
+func redactNode(n yaml.Node) yaml.Node {
+	cp := n
+	cp.Content = nil
+	for i, ch := range n.Content {
+		c := redactNode(*ch)
+		if n.Kind == yaml.MappingNode && i%2 == 1 && c.Kind == yaml.ScalarNode && c.Value != "" && secretKey(n.Content[i-1].Value) {
+			c.Value, c.Tag, c.Style = "REDACTED", "!!str", 0
+		}
+		cp.Content = append(cp.Content, &c)
+	}
+	return cp
+}
+
+func secretKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, w := range []string{"password", "secret", "token", "api_key", "apikey"} {
+		if strings.Contains(k, w) {
+			return true
+		}
+	}
+	return false
+}
+
 // CheckSections reports a top-level key that no extension claims.
 func (c Config) CheckSections(known ...string) error {
 	ok := map[string]bool{}
@@ -211,12 +222,24 @@ func (c Config) CheckSections(known ...string) error {
 	return nil
 }
 
+// HasSection reports whether the top-level section name is present.
+func (c Config) HasSection(name string) bool {
+	if name == "clickhouse" {
+		return c.ClickHouse.Kind != 0 && !(c.ClickHouse.Kind == yaml.ScalarNode && c.ClickHouse.Tag == "!!null")
+	}
+	_, ok := c.Sections[name]
+	return ok
+}
+
 // Section decodes the top-level section name into dst strictly (unknown
 // keys are errors). A missing section leaves dst unchanged.
 func (c Config) Section(name string, dst any) error {
-	n, ok := c.Sections[name]
-	if !ok {
+	if !c.HasSection(name) {
 		return nil
+	}
+	n := c.Sections[name]
+	if name == "clickhouse" {
+		n = c.ClickHouse
 	}
 	b, err := yaml.Marshal(&n)
 	if err != nil {
@@ -280,7 +303,7 @@ func (c Config) Validate() error {
 	}{
 		{"raft.bind", c.Raft.Bind, true}, {"raft.advertise", c.Raft.Advertise, false},
 		{"ingest.listen", c.Ingest.Listen, true}, {"ingest.advertise", c.Ingest.Advertise, false},
-		{"metrics_listen", c.MetricsListen, false}, {"clickhouse.addr", c.ClickHouse.Addr, false},
+		{"metrics_listen", c.MetricsListen, false},
 	} {
 		if err := checkAddr(a.key, a.addr, a.required); err != nil {
 			return err
@@ -305,9 +328,6 @@ func (c Config) Validate() error {
 	}
 	if c.TickInterval.D() < 0 {
 		return errors.New("tick_interval: negative")
-	}
-	if c.ClickHouse.Addr != "" && c.ClickHouse.Database == "" {
-		return errors.New("clickhouse.database: missing")
 	}
 	if err := c.storeConfig().Validate(); err != nil {
 		return fmt.Errorf("raft: %w", err)

@@ -53,8 +53,6 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 		{"raft: {bind: 127.0.0.1:0, election_timeout: 1ms}\n", "raft"},
 		{"max_pending_rows: 0\n", "max_pending_rows"},
 		{"tick_interval: soon\n", "line"},
-		{"clickhouse: {addr: 'ch:9000', database: ''}\n", "clickhouse.database"},
-		{"clickhouse: {addr: 'ch:9000', pasword: x}\n", "pasword"},
 		{"enrol: {listen: ':1'}\n", `unknown key "enrol"`},
 		{"raft: {bind: 0.0.0.0:7000}\n", "raft.advertise"},
 		{"ingest: {listen: ':7443'}\n", "ingest.advertise"},
@@ -90,16 +88,49 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 	}
 }
 
-func TestSecretRedacted(t *testing.T) {
-	c := DefaultConfig()
-	c.ClickHouse.Password = "hunter2"
-	b, err := yaml.Marshal(c)
-	out := string(b)
+func TestSectionsAndRedaction(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := LoadConfig(writeConfig(t, dir, "clickhouse: {addr: 'ch:9000', password: hunter2}\nalerting: {smtp: {host: x, password: s3cret}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(out, "hunter2") || !strings.Contains(out, "REDACTED") {
-		t.Fatalf("password leaked: %s", out)
+	if err := cfg.CheckSections("alerting"); err != nil {
+		t.Fatal(err)
+	}
+	var ch struct {
+		Addr     string `yaml:"addr"`
+		Password string `yaml:"password"`
+	}
+	if err := cfg.Section("clickhouse", &ch); err != nil || ch.Addr != "ch:9000" || ch.Password != "hunter2" {
+		t.Fatalf("clickhouse section: %+v %v", ch, err)
+	}
+	var strict struct {
+		Addr string `yaml:"addr"`
+	}
+	if err := cfg.Section("clickhouse", &strict); err == nil || !strings.Contains(err.Error(), "password") {
+		t.Fatalf("strict section decode: %v", err)
+	}
+	b, err := yaml.Marshal(cfg.Redacted())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(b)
+	if strings.Contains(out, "hunter2") || strings.Contains(out, "s3cret") || strings.Count(out, "REDACTED") != 2 || !strings.Contains(out, "ch:9000") {
+		t.Fatalf("redacted config:\n%s", out)
+	}
+	// The original is untouched.
+	if err := cfg.Section("clickhouse", &ch); err != nil || ch.Password != "hunter2" {
+		t.Fatal("Redacted changed the config")
+	}
+	// A clickhouse section without a loader in the binary is an error.
+	cfg2, _ := LoadConfig(writeConfig(t, t.TempDir(), "clickhouse: {addr: 'ch:9000'}\n"))
+	cfg2.TLS = cfg.TLS
+	h, err := New(cfg2, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Attach(); err == nil || !strings.Contains(err.Error(), "ClickHouse loader") {
+		t.Fatalf("attach without loader: %v", err)
 	}
 }
 

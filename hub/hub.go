@@ -97,6 +97,9 @@ func (h *Hub) Attach(exts ...Extension) error {
 	if err := h.cfg.CheckSections(names...); err != nil {
 		return fmt.Errorf("config %s: %w", h.cfg.Path, err)
 	}
+	if h.cfg.HasSection("clickhouse") && !slices.Contains(names, "clickhouse") {
+		return fmt.Errorf("config %s: line %d: clickhouse: this binary has no ClickHouse loader to read it", h.cfg.Path, h.cfg.ClickHouse.Line)
+	}
 	for _, e := range exts {
 		if err := e.Attach(h); err != nil {
 			return fmt.Errorf("attach %s: %w", e.Name, err)

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -63,11 +64,14 @@ func hubRun(ctx context.Context, args []string) error {
 	if err := cfg.CheckSections(names...); err != nil {
 		return fmt.Errorf("config %s: %w", *path, err)
 	}
+	if cfg.HasSection("clickhouse") && !slices.Contains(names, "clickhouse") {
+		return fmt.Errorf("config %s: line %d: clickhouse: this binary has no ClickHouse loader to read it", *path, cfg.ClickHouse.Line)
+	}
 	if *check {
 		if _, err := pki.ServerConfig(cfg.TLS); err != nil {
 			return fmt.Errorf("config %s: tls: %w", *path, err)
 		}
-		out, err := yaml.Marshal(cfg)
+		out, err := yaml.Marshal(cfg.Redacted())
 		if err != nil {
 			return err
 		}
