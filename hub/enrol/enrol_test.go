@@ -615,3 +615,43 @@ func TestProposeFailureIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRenewRecoversMismatchedPair: a sensor stopped between the renames of
+// key.pem and cert.pem holds a pair that does not match; its next renewal
+// re-attests with the long-term key instead of failing forever.
+func TestRenewRecoversMismatchedPair(t *testing.T) {
+	f := newFed(t, hubOpt{})
+	cfg := f.sensorCfg(0)
+	first, err := f.enrol(cfg, f.token("quito-1", "EC", time.Hour, time.Now(), "192.0.2.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := pki.MarshalKeyPEM(other)
+	if err := os.WriteFile(cfg.Files().Key, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tls.LoadX509KeyPair(cfg.Files().Cert, cfg.Files().Key); err == nil {
+		t.Fatal("test set-up: the pair still matches")
+	}
+	reg := prometheus.NewRegistry()
+	r, err := senrol.New(cfg, senrol.Deps{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RenewNow(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(r.Metrics().WithLabelValues("reattest", "ok")); n != 1 {
+		t.Fatalf("reattest ok counted %v, want 1", n)
+	}
+	if _, err := tls.LoadX509KeyPair(cfg.Files().Cert, cfg.Files().Key); err != nil {
+		t.Fatalf("pair after recovery: %v", err)
+	}
+	if c, _ := r.Current(); c.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Fatal("no new certificate")
+	}
+}

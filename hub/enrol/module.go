@@ -217,13 +217,17 @@ func (m *Module) Revoked(sensorID string, serial *big.Int) bool {
 }
 
 // Used reports whether a join token id was consumed (and is not yet past
-// its expiry at the last tick). The service asks it to refuse a reused
-// token early; the authoritative check is in Apply.
-func (m *Module) Used(tokenID []byte) bool {
+// its expiry at the last tick), by which sensor at which raft index. The
+// service asks it to refuse a reused token early; the authoritative check
+// is in Apply.
+func (m *Module) Used(tokenID []byte) (sensorID string, index uint64, used bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	_, ok := m.used[string(tokenID)]
-	return ok
+	u, ok := m.used[string(tokenID)]
+	if !ok {
+		return "", 0, false
+	}
+	return u.SensorId, u.Index, true
 }
 
 // RevokedCert is Revoked for a sensor certificate.

@@ -74,7 +74,7 @@ func TestModuleApplyTickSnapshot(t *testing.T) {
 	// Ticks prune what expired: token 1 (expires 2000) and serials 11, 13
 	// (not after 1500, 2500) at 2550.
 	m.OnTick(8, time.Unix(2550, 0))
-	if m.Used(bytes.Repeat([]byte{1}, 16)) || m.Revoked("s1", big.NewInt(13)) {
+	if _, _, used := m.Used(bytes.Repeat([]byte{1}, 16)); used || m.Revoked("s1", big.NewInt(13)) {
 		t.Fatal("tick kept expired entries")
 	}
 	if info, _ := m.Sensor("s1"); info.LiveCerts != 1 {
@@ -90,7 +90,7 @@ func TestModuleApplyTickSnapshot(t *testing.T) {
 	if err := r.Snapshot(&again); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(snap.Bytes(), again.Bytes()) || !r.Used(bytes.Repeat([]byte{1}, 16)) {
+	if by, index, used := r.Used(bytes.Repeat([]byte{1}, 16)); !bytes.Equal(snap.Bytes(), again.Bytes()) || !used || by != "s1" || index != 1 {
 		t.Fatal("restore differs from snapshot")
 	}
 	// An empty snapshot resets.

@@ -291,9 +291,9 @@ func (s *Service) Enrol(ctx context.Context, req *jasperv1.EnrolRequest) (*jaspe
 		return nil, s.refuse(call, codes.PermissionDenied, jasperv1.EnrolRefusalReason_ENROL_REFUSAL_REASON_TOKEN_EXPIRED, attrs,
 			"token %s expired at %s", tok.IDString(), tok.ExpiresAt.UTC().Format(time.RFC3339))
 	}
-	if s.mod.Used(tok.ID) {
+	if by, index, used := s.mod.Used(tok.ID); used {
 		return nil, s.refuse(call, codes.PermissionDenied, jasperv1.EnrolRefusalReason_ENROL_REFUSAL_REASON_TOKEN_REUSED, attrs,
-			"token %s was already used", tok.IDString())
+			"token %s was used by sensor %s at raft index %d", tok.IDString(), by, index)
 	}
 	csr, want, err := pki.ParseCSR(req.Csr)
 	if err != nil {
