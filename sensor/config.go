@@ -13,6 +13,7 @@ import (
 	"github.com/jasperfed/jasper/internal/config"
 	"github.com/jasperfed/jasper/internal/pki"
 	"github.com/jasperfed/jasper/sensor/capture"
+	"github.com/jasperfed/jasper/sensor/enrol"
 	"github.com/jasperfed/jasper/sensor/spool"
 	"github.com/jasperfed/jasper/sensor/summary"
 	"github.com/jasperfed/jasper/sensor/uplink"
@@ -34,8 +35,12 @@ type Config struct {
 
 	Spool SpoolConfig `yaml:"spool"`
 	// Hubs are ingest addresses (host:port), tried in order.
-	Hubs    []string      `yaml:"hubs"`
-	TLS     pki.Files     `yaml:"tls"`
+	Hubs []string  `yaml:"hubs"`
+	TLS  pki.Files `yaml:"tls"`
+	// Enrol, when enrol.hubs is set, keeps the certificate fresh (renewal
+	// over mTLS, re-attestation) in the state folder written by `jasper
+	// sensor enrol`; tls then defaults to that folder's files.
+	Enrol   enrol.Config  `yaml:"enrol"`
 	Uplink  UplinkConfig  `yaml:"uplink"`
 	Metrics MetricsConfig `yaml:"metrics"`
 	Log     LogConfig     `yaml:"log"`
@@ -167,6 +172,7 @@ func DefaultConfig() Config {
 			DialTimeout:  config.Duration(up.DialTimeout),
 			DrainTimeout: config.Duration(5 * time.Second),
 		},
+		Enrol:   enrol.DefaultConfig(),
 		Metrics: MetricsConfig{Listen: "127.0.0.1:9101"},
 		Log:     LogConfig{Format: "json", Level: "info"},
 	}
@@ -180,6 +186,10 @@ func LoadConfig(path string) (Config, error) {
 		return Config{}, err
 	}
 	cfg.Source.Replay.File = config.Resolve(path, cfg.Source.Replay.File)
+	cfg.Enrol.Dir = config.Resolve(path, cfg.Enrol.Dir)
+	if cfg.enrolling() && cfg.TLS == (pki.Files{}) {
+		cfg.TLS = cfg.Enrol.Files()
+	}
 	cfg.Spool.Dir = config.Resolve(path, cfg.Spool.Dir)
 	cfg.TLS.CA = config.Resolve(path, cfg.TLS.CA)
 	cfg.TLS.Cert = config.Resolve(path, cfg.TLS.Cert)
@@ -220,6 +230,11 @@ func (c Config) Validate() error {
 	if err := c.TLS.Validate("tls"); err != nil {
 		errs = append(errs, err)
 	}
+	if c.enrolling() {
+		if err := c.Enrol.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := c.uplinkConfig("").Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -257,6 +272,9 @@ func (c Config) CheckFiles() error {
 	}
 	return errors.Join(errs...)
 }
+
+// enrolling reports whether the sensor renews its own certificate.
+func (c Config) enrolling() bool { return len(c.Enrol.Hubs) > 0 }
 
 func (c Config) prefixes() ([]netip.Prefix, error) {
 	var out []netip.Prefix

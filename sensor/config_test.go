@@ -198,3 +198,33 @@ func TestSpoolFailureCountsLoss(t *testing.T) {
 		t.Fatalf("lost %v batches, %v rows", testutil.ToFloat64(s.m.lost), testutil.ToFloat64(s.m.lostRows))
 	}
 }
+
+func TestEnrolSectionGivesTLS(t *testing.T) {
+	dir := t.TempDir()
+	y := strings.Replace(goodYAML, "tls: {ca: pki/ca.pem, cert: pki/sensor.pem, key: pki/sensor-key.pem}\n", "enrol: {hubs: [127.0.0.1:7444], dir: state}\n", 1)
+	path := filepath.Join(dir, "sensor.yaml")
+	os.WriteFile(path, []byte(y), 0o600)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS.Cert != filepath.Join(dir, "state", "cert.pem") || cfg.TLS.Key != filepath.Join(dir, "state", "key.pem") || cfg.TLS.CA != filepath.Join(dir, "state", "ca.pem") {
+		t.Fatalf("tls from the enrol folder: %+v", cfg.TLS)
+	}
+	os.WriteFile(path, []byte(strings.Replace(y, "dir: state}", "dir: state, renew_at: 2}", 1)), 0o600)
+	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "enrol.renew_at") {
+		t.Fatalf("got %v, want an error naming enrol.renew_at", err)
+	}
+}
+
+// TestExampleConfigValid keeps deploy/sensor.example.yaml in step with the
+// code.
+func TestExampleConfigValid(t *testing.T) {
+	cfg, err := LoadConfig(filepath.Join("..", "deploy", "sensor.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Source.Interface == "" || len(cfg.Hubs) != 3 || cfg.Spool.MaxBytes != 1<<30 {
+		t.Fatalf("example decoded as %+v", cfg)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/jasperfed/jasper/internal/pki"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 	"github.com/jasperfed/jasper/sensor/capture"
+	"github.com/jasperfed/jasper/sensor/enrol"
 	"github.com/jasperfed/jasper/sensor/spool"
 	"github.com/jasperfed/jasper/sensor/summary"
 	"github.com/jasperfed/jasper/sensor/uplink"
@@ -51,6 +52,7 @@ type Sensor struct {
 	spool    *spool.Spool
 	src      capture.Source
 	up       *uplink.Uplink
+	renewer  *enrol.Renewer
 	cancel   context.CancelFunc
 	capDone  chan struct{}
 	capErr   error
@@ -102,13 +104,25 @@ func (s *Sensor) Start(ctx context.Context) error {
 		sp.Close()
 		return err
 	}
+	var renewer *enrol.Renewer
+	if s.cfg.enrolling() {
+		if renewer, err = enrol.New(s.cfg.Enrol, enrol.Deps{Log: s.base, Registerer: s.deps.Registerer}); err != nil {
+			sp.Close()
+			return err
+		}
+	}
 	src, emit, err := s.openSource(sp)
 	if err != nil {
 		sp.Close()
 		return err
 	}
-	s.spool, s.up, s.src = sp, up, src
+	s.spool, s.up, s.src, s.renewer = sp, up, src, renewer
 	s.started = true
+	if renewer != nil {
+		if err := renewer.Start(ctx); err != nil {
+			s.log.Error("cert_renewer_failed", "err", err)
+		}
+	}
 	up.Start(ctx)
 	cctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
@@ -292,6 +306,9 @@ func (s *Sensor) Stop(ctx context.Context) error {
 	}
 	s.drain(ctx)
 	s.up.Stop()
+	if s.renewer != nil {
+		s.renewer.Stop()
+	}
 	if cerr := s.spool.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
