@@ -88,7 +88,7 @@ type Config struct {
 	// SegmentBytes is the size at which a segment is sealed and a new one
 	// begun; shedding removes whole segments.
 	SegmentBytes int64 `yaml:"segment_bytes"`
-	// MaxQuarantineFiles is how many quarantined files are kept.
+	// MaxQuarantineFiles is how many quarantined files are kept (0: 64).
 	MaxQuarantineFiles int `yaml:"max_quarantine_files"`
 }
 
@@ -104,8 +104,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("segment_bytes: %d is below 4096", c.SegmentBytes)
 	case c.MaxBytes < 2*c.SegmentBytes:
 		return fmt.Errorf("max_bytes: %d is below twice segment_bytes (%d)", c.MaxBytes, 2*c.SegmentBytes)
-	case c.MaxQuarantineFiles < 1:
-		return fmt.Errorf("max_quarantine_files: must be at least 1")
+	case c.MaxQuarantineFiles < 0:
+		return fmt.Errorf("max_quarantine_files: %d is negative", c.MaxQuarantineFiles)
 	}
 	return nil
 }
@@ -181,6 +181,9 @@ func Open(dir string, cfg Config, reg prometheus.Registerer, log *slog.Logger) (
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxQuarantineFiles == 0 {
+		cfg.MaxQuarantineFiles = DefaultConfig().MaxQuarantineFiles
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "quarantine"), 0o700); err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)

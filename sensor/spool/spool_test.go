@@ -389,7 +389,8 @@ func TestConfigValidate(t *testing.T) {
 		{DefaultConfig(), ""},
 		{Config{MaxBytes: 1 << 20, SegmentBytes: 10, MaxQuarantineFiles: 1}, "segment_bytes"},
 		{Config{MaxBytes: 5000, SegmentBytes: 4096, MaxQuarantineFiles: 1}, "max_bytes"},
-		{Config{MaxBytes: 1 << 20, SegmentBytes: 4096}, "max_quarantine_files"},
+		{Config{MaxBytes: 1 << 20, SegmentBytes: 4096}, ""},
+		{Config{MaxBytes: 1 << 20, SegmentBytes: 4096, MaxQuarantineFiles: -1}, "max_quarantine_files"},
 	} {
 		err := tc.cfg.Validate()
 		if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
