@@ -221,13 +221,14 @@ func (u *Uplink) Stop() {
 	<-done
 }
 
-// redirect is a session end that names where to go next.
+// redirect is a session end that names where to go next (the leader, or
+// the same hub after a throttle) and after how long.
 type redirect struct {
 	addr  string
 	after time.Duration
 }
 
-func (r *redirect) Error() string { return "hub is not the leader; leader " + r.addr }
+func (r *redirect) Error() string { return "hub sends the sensor to " + r.addr }
 
 // errFatalSession ends a session with a refusal that is not about one batch.
 var errFatalSession = errors.New("hub refused the stream")
@@ -466,7 +467,7 @@ func (s *session) run(ctx context.Context, cancel context.CancelFunc) error {
 	return rerr
 }
 
-// send writes batches while the window and the throttle allow.
+// send writes batches while the window allows.
 func (s *session) send(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
