@@ -112,9 +112,11 @@ func TestFailoverLeaderKilledTwice(t *testing.T) {
 	leader(t, hubs)
 	for _, id := range []string{"h2", "h3"} {
 		h := r.startHub(t, mk(id))
-		if err := hubs[0].st.Join(context.Background(), id, h.st.RaftAddr()); err != nil {
-			t.Fatal(err)
-		}
+		var err error
+		waitUntil(t, 20*time.Second, "join "+id, func() bool {
+			err = leader(t, hubs).st.Join(context.Background(), id, h.st.RaftAddr())
+			return err == nil
+		})
 		hubs = append(hubs, h)
 	}
 	live := func() []*hubNode {
@@ -188,15 +190,25 @@ func TestFailoverLeaderKilledTwice(t *testing.T) {
 	r.smtp.Restart()
 	r.hookDE.Restart()
 	stream(10)
-	waitUntil(t, 60*time.Second, "every delivery done", func() bool {
+	// (A proposal that timed out may still have committed: a finding can be
+	// observed twice, hence >=.)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
 		l := leader(t, live())
-		return l.a.Module().Stats().Findings == uint64(next) && pendingAt(l) == 0
-	})
+		if l.a.Module().Stats().Findings >= uint64(next) && pendingAt(l) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			ds := l.a.Module().Deliveries("")
+			t.Fatalf("leader %s: %d deliveries left, first %+v; disabled %v; stats %+v", l.id, len(ds), ds[0], l.a.Module().DisabledChannels(), l.a.Module().Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	r.check(t, next)
 	// Replicas agree.
 	var snaps []outbox.Stats
 	for _, h := range live() {
-		waitUntil(t, 10*time.Second, "replica caught up", func() bool { return pendingAt(h) == 0 && h.a.Module().Stats().Findings == uint64(next) })
+		waitUntil(t, 10*time.Second, "replica caught up", func() bool { return pendingAt(h) == 0 && h.a.Module().Stats().Findings >= uint64(next) })
 		snaps = append(snaps, h.a.Module().Stats())
 	}
 	for _, s := range snaps[1:] {
