@@ -181,7 +181,7 @@ func testConfig(db string) Config {
 	cfg.RetryMin = config.Duration(50 * time.Millisecond)
 	cfg.RetryMax = config.Duration(500 * time.Millisecond)
 	cfg.InsertTimeout = config.Duration(2 * time.Second)
-	cfg.LeaderSettle = config.Duration(2 * time.Second)
+	cfg.LeaderSettle = config.Duration(3 * time.Second)
 	return cfg
 }
 
