@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -206,4 +207,27 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 	t.Fatal("condition not reached in 15s")
+}
+
+// FuzzVerify feeds arbitrary headers and bodies to the receiver-side
+// verifier: it never panics, and accepts only what Sign produced.
+func FuzzVerify(f *testing.F) {
+	now := time.Unix(1764072000, 0)
+	key, _ := (&directory.Webhook{Secret: secret}).Key()
+	body := []byte(`{"type":"jasper.alert"}`)
+	f.Add("msg_1", "1764072000", webhook.Sign(key, "msg_1", 1764072000, body), body)
+	f.Add("msg_1", "x", "v1,abc v1,def", []byte{})
+	f.Add("", "", "", []byte("{}"))
+	f.Fuzz(func(t *testing.T, id, ts, sig string, b []byte) {
+		h := http.Header{}
+		h.Set(webhook.HeaderID, id)
+		h.Set(webhook.HeaderTimestamp, ts)
+		h.Set(webhook.HeaderSignature, sig)
+		if webhook.Verify(secret, h, b, now, 5*time.Minute) == nil {
+			n, _ := strconv.ParseInt(ts, 10, 64)
+			if !strings.Contains(sig, webhook.Sign(key, id, n, b)) {
+				t.Fatalf("accepted a signature Sign did not make: %q", sig)
+			}
+		}
+	})
 }
