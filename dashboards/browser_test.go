@@ -61,7 +61,7 @@ func newBrowserFixture(t *testing.T) *browserFixture {
 		t.Skip("no chromium on PATH: install Debian's chromium (CI does, .ci/setup-chromium.sh)")
 	}
 	now := time.Now().UTC()
-	mod, err := rollup.New(rollup.DefaultConfig())
+	mod, err := rollup.New(minuteRollups())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -112,8 +112,8 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 	chstoretest.Addr(t) // skip early without a server
 	now := time.Now().UTC().Truncate(time.Minute)
 	log := replayLog(t, now)
-	cfg := rollup.DefaultConfig()
-	cfg.MaxHostsPerBin = 20000
+	cfg := minuteRollups()
+	cfg.MaxHostsPerBin, cfg.MaxCellsPerBin = 20000, 20000
 	mod, err := rollup.New(cfg)
 	if err != nil {
 		t.Fatal(err)

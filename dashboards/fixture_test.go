@@ -195,9 +195,14 @@ var (
 	sack = jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYNACK
 )
 
-func newFixture(t *testing.T, o fixtureOpts) *fixture {
+func newFixture(t *testing.T, o fixtureOpts) *fixture { return newFixtureOpts(t, o) }
+
+// newFixtureTB is a plain fixture for fuzz targets.
+func newFixtureTB(t testing.TB) *fixture { return newFixtureOpts(t, fixtureOpts{}) }
+
+func newFixtureOpts(t testing.TB, o fixtureOpts) *fixture {
 	t.Helper()
-	mod, err := rollup.New(rollup.DefaultConfig())
+	mod, err := rollup.New(minuteRollups())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,4 +347,12 @@ func newHTTPServer(t *testing.T, h http.Handler) *httptest.Server {
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
 	return ts
+}
+
+// minuteRollups is the rollup configuration of the tests: one-minute bins,
+// like the ClickHouse minute table.
+func minuteRollups() rollup.Config {
+	c := rollup.DefaultConfig()
+	c.BinSeconds, c.MaxCellsPerBin, c.RateBins = 60, 20000, 5
+	return c
 }

@@ -22,14 +22,17 @@ type Config struct {
 	RateBins int `yaml:"rate_bins"`
 }
 
-// DefaultConfig returns one-minute bins over 24 hours.
+// DefaultConfig returns five-minute bins over 24 hours (288 bins), at most
+// 5,000 cells and 5,000 hosts per bin: at most about 1.6 GB in the worst
+// case (every cell past 64 sources), a few tens of MB for a typical
+// darknet.
 func DefaultConfig() Config {
 	return Config{
-		BinSeconds:     60,
+		BinSeconds:     300,
 		Window:         24 * time.Hour,
-		MaxCellsPerBin: 20000,
+		MaxCellsPerBin: 5000,
 		MaxHostsPerBin: 5000,
-		RateBins:       5,
+		RateBins:       3,
 	}
 }
 

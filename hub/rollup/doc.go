@@ -17,7 +17,10 @@
 // fold into an "other ports" cell of their sensor, country, protocol and
 // class, counted in Stats.FoldedRows) and at most MaxHostsPerBin hosts
 // (further hosts are counted in Stats.DroppedHosts). Batches older than the
-// window are counted in Stats.LateBatches and ignored.
+// window are counted in Stats.LateBatches and ignored. Memory is at most
+// about bins x (MaxCellsPerBin x 1.1 KB + MaxHostsPerBin x 0.2 KB): a cell
+// costs under 100 bytes until it has seen more than 64 sources, then its
+// sketch takes 1 KB.
 //
 // Determinism (DESIGN.md promise 5): the module reads no clock, network or
 // random source; time comes from batch bin starts and tick entries; every

@@ -57,6 +57,7 @@ const t0 = 1_780_000_080 // a two-minute boundary
 func newModule(t testing.TB, mutate func(*Config)) *Module {
 	t.Helper()
 	cfg := DefaultConfig()
+	cfg.BinSeconds, cfg.MaxCellsPerBin, cfg.RateBins = 60, 20000, 5
 	if mutate != nil {
 		mutate(&cfg)
 	}
