@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -639,4 +640,18 @@ func FuzzRequestBodies(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestExampleAccountsFile(t *testing.T) {
+	accts, err := LoadAccounts("accounts.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newAccountSet(accts)
+	if a := s.check("cert-jp", "correct horse battery"); a == nil || a.Role != RoleAnalyst {
+		t.Errorf("example password does not check: %+v", a)
+	}
+	if a := s.byName["soc-example-org"]; a == nil || !a.maysee(netip.MustParseAddr("2001:db8::5"), "US") || a.maysee(netip.MustParseAddr("198.51.100.1"), "JP") {
+		t.Errorf("organisation scope: %+v", a)
+	}
 }

@@ -231,6 +231,14 @@ func TestBrowserViews(t *testing.T) {
 		t.Errorf("country filter: packets %q vs all %q", de, all)
 	}
 	b.shot("1b-overview-country-DE")
+	b.open("overview", "range=1h")
+	if h := b.text("#kpi-packets"); h == all || h == "" {
+		t.Errorf("time range filter: last hour %q vs 6 hours %q", h, all)
+	}
+	b.open("overview", "range=1h&protocol=udp")
+	if udp := evalJS[string](b, `[...document.querySelectorAll("svg.chart path[data-series]")].map(p => p.dataset.series).join(" ")`); !strings.Contains(udp, "udp") || strings.Contains(udp, "tcp") {
+		t.Errorf("protocol filter: series %q, want udp (and its fragments as other), no tcp", udp)
+	}
 
 	// Attack map: coloured countries; a port filter narrows them.
 	b.open("map", "range=6h")
