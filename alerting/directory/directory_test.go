@@ -178,3 +178,13 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestExampleFileLoads(t *testing.T) {
+	d, err := Load("../recipients.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Recipients) != 3 || d.Find("uni-example").Routing.GroupWait.D().Minutes() != 1 {
+		t.Fatalf("example: %+v", d.Recipients)
+	}
+}

@@ -91,6 +91,9 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// MaxSilences bounds the silences kept.
+const MaxSilences = 10000
+
 // Errors returned by Apply.
 var (
 	ErrUnknownRecipient = errors.New("unknown recipient")
@@ -449,6 +452,9 @@ func (m *Module) Apply(index uint64, payload []byte) (any, error) {
 		m.setDirectory(d)
 	case OpPutSilence:
 		s := *c.Silence
+		if _, ok := m.st.Silences[s.ID]; !ok && len(m.st.Silences) >= MaxSilences {
+			return nil, fmt.Errorf("%w: more than %d silences", ErrBadCommand, MaxSilences)
+		}
 		m.st.Silences[s.ID] = &s
 		m.sil = m.sil[:0]
 		m.wakeAll() // replacing a silence may unmute
