@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -18,8 +19,69 @@ import (
 const batchOverhead = 400
 
 // batchBuilder packs rows into batches no larger than maxBytes encoded.
+// Columns are built in scratch slices reused from batch to batch and
+// copied out at their exact length, which halves the garbage.
 type batchBuilder struct {
 	maxBytes int
+	cols     scratchCols
+}
+
+type scratchCols struct {
+	ip                                                                []byte
+	ipEnd                                                             []int
+	protocol, dstPort, icmpType, icmpCode                             []uint32
+	class                                                             []jasperv1.TrafficClass
+	packets, bytes                                                    []uint64
+	dstIPs, firstMs, lastMs, ttlMin, ttlMax, distinctPorts, fragments []uint32
+	overflow                                                          []bool
+	fp                                                                [packet.NumFingerprints][]uint64
+	hasFP                                                             [packet.NumFingerprints]bool
+}
+
+func (c *scratchCols) reset() {
+	c.ip, c.ipEnd = c.ip[:0], c.ipEnd[:0]
+	c.protocol, c.dstPort, c.icmpType, c.icmpCode = c.protocol[:0], c.dstPort[:0], c.icmpType[:0], c.icmpCode[:0]
+	c.class, c.packets, c.bytes = c.class[:0], c.packets[:0], c.bytes[:0]
+	c.dstIPs, c.firstMs, c.lastMs, c.ttlMin, c.ttlMax = c.dstIPs[:0], c.firstMs[:0], c.lastMs[:0], c.ttlMin[:0], c.ttlMax[:0]
+	c.distinctPorts, c.fragments, c.overflow = c.distinctPorts[:0], c.fragments[:0], c.overflow[:0]
+	for f := range c.fp {
+		c.fp[f] = c.fp[f][:0]
+		c.hasFP[f] = false
+	}
+}
+
+// rows copies the scratch columns out at their exact lengths.
+func (c *scratchCols) rows() *jasperv1.Rows {
+	r := &jasperv1.Rows{
+		SrcIp:         make([][]byte, len(c.ipEnd)),
+		Protocol:      slices.Clone(c.protocol),
+		DstPort:       slices.Clone(c.dstPort),
+		IcmpType:      slices.Clone(c.icmpType),
+		IcmpCode:      slices.Clone(c.icmpCode),
+		Class:         slices.Clone(c.class),
+		Packets:       slices.Clone(c.packets),
+		Bytes:         slices.Clone(c.bytes),
+		DstIps:        slices.Clone(c.dstIPs),
+		FirstSeenMs:   slices.Clone(c.firstMs),
+		LastSeenMs:    slices.Clone(c.lastMs),
+		TtlMin:        slices.Clone(c.ttlMin),
+		TtlMax:        slices.Clone(c.ttlMax),
+		DistinctPorts: slices.Clone(c.distinctPorts),
+		Overflow:      slices.Clone(c.overflow),
+		Fragments:     slices.Clone(c.fragments),
+	}
+	ip := slices.Clone(c.ip)
+	start := 0
+	for i, end := range c.ipEnd {
+		r.SrcIp[i] = ip[start:end:end]
+		start = end
+	}
+	for f := range c.fp {
+		if c.hasFP[f] {
+			r.Fingerprints = append(r.Fingerprints, &jasperv1.FingerprintColumn{Name: packet.FingerprintNames[f], Packets: slices.Clone(c.fp[f])})
+		}
+	}
+	return r
 }
 
 func varint(v uint64) int { return protowire.SizeVarint(v) }
@@ -54,7 +116,7 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 		return uint32(i)
 	}
 	at := func(i int) *rowState { return a.row(rowIndex(i)) }
-	var ipBuf []byte
+	c := &b.cols
 	stats := a.stats.Proto()
 	first := true
 	i := 0
@@ -63,7 +125,6 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 			BinStart:   a.binStart,
 			BinSeconds: uint32(a.binSec),
 			Partial:    partial,
-			Rows:       &jasperv1.Rows{},
 		}
 		if first {
 			batch.Stats = stats
@@ -72,8 +133,7 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 		}
 		first = false
 		size := batchOverhead
-		var fpCols [packet.NumFingerprints]*jasperv1.FingerprintColumn
-		rows := batch.Rows
+		c.reset()
 		nb := 0
 		for ; i < n; i++ {
 			r := at(i)
@@ -87,7 +147,7 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 			dst := r.dst.count(&a.arena)
 			need := rowBytes(r, dp, dst)
 			for f := range packet.NumFingerprints {
-				if fpCols[f] != nil {
+				if c.hasFP[f] {
 					need += varint(uint64(r.fp[f]))
 				} else if r.fp[f] != 0 {
 					need += nb + varint(uint64(r.fp[f])) // zeros for the rows before
@@ -97,21 +157,16 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 				break
 			}
 			size += need
-			// Addresses share one backing array per batch.
 			src := a.srcAddr(r.key)
-			if cap(ipBuf)-len(ipBuf) < 16 {
-				ipBuf = make([]byte, 0, 16<<10)
-			}
-			start := len(ipBuf)
 			if src.Is4() {
 				a4 := src.As4()
-				ipBuf = append(ipBuf, a4[:]...)
+				c.ip = append(c.ip, a4[:]...)
 			} else {
 				a16 := src.As16()
-				ipBuf = append(ipBuf, a16[:]...)
+				c.ip = append(c.ip, a16[:]...)
 			}
-			rows.SrcIp = append(rows.SrcIp, ipBuf[start:len(ipBuf):len(ipBuf)])
-			rows.Protocol = append(rows.Protocol, uint32(r.key.proto()))
+			c.ipEnd = append(c.ipEnd, len(c.ip))
+			c.protocol = append(c.protocol, uint32(r.key.proto()))
 			var port, typ, code uint32
 			if !r.key.overflow() {
 				switch r.key.proto() {
@@ -121,35 +176,32 @@ func (b *batchBuilder) build(a *Aggregator, idx []uint32, partial bool, emit fun
 					port = uint32(r.key.port())
 				}
 			}
-			rows.DstPort = append(rows.DstPort, port)
-			rows.IcmpType = append(rows.IcmpType, typ)
-			rows.IcmpCode = append(rows.IcmpCode, code)
-			rows.Class = append(rows.Class, r.key.class())
-			rows.Packets = append(rows.Packets, r.packets)
-			rows.Bytes = append(rows.Bytes, r.bytes)
-			rows.DstIps = append(rows.DstIps, dst)
-			rows.FirstSeenMs = append(rows.FirstSeenMs, r.firstMs)
-			rows.LastSeenMs = append(rows.LastSeenMs, r.lastMs)
-			rows.TtlMin = append(rows.TtlMin, uint32(r.ttlMin()))
-			rows.TtlMax = append(rows.TtlMax, uint32(r.ttlMax()))
-			rows.DistinctPorts = append(rows.DistinctPorts, dp)
-			rows.Overflow = append(rows.Overflow, r.key.overflow())
-			rows.Fragments = append(rows.Fragments, r.fragments)
+			c.dstPort = append(c.dstPort, port)
+			c.icmpType = append(c.icmpType, typ)
+			c.icmpCode = append(c.icmpCode, code)
+			c.class = append(c.class, r.key.class())
+			c.packets = append(c.packets, r.packets)
+			c.bytes = append(c.bytes, r.bytes)
+			c.dstIPs = append(c.dstIPs, dst)
+			c.firstMs = append(c.firstMs, r.firstMs)
+			c.lastMs = append(c.lastMs, r.lastMs)
+			c.ttlMin = append(c.ttlMin, uint32(r.ttlMin()))
+			c.ttlMax = append(c.ttlMax, uint32(r.ttlMax()))
+			c.distinctPorts = append(c.distinctPorts, dp)
+			c.overflow = append(c.overflow, r.key.overflow())
+			c.fragments = append(c.fragments, r.fragments)
 			for f := range packet.NumFingerprints {
-				if fpCols[f] == nil && r.fp[f] != 0 {
-					fpCols[f] = &jasperv1.FingerprintColumn{Name: packet.FingerprintNames[f], Packets: make([]uint64, nb, nb+64)}
+				if !c.hasFP[f] && r.fp[f] != 0 {
+					c.hasFP[f] = true
+					c.fp[f] = append(c.fp[f][:0], make([]uint64, nb)...)
 				}
-				if fpCols[f] != nil {
-					fpCols[f].Packets = append(fpCols[f].Packets, uint64(r.fp[f]))
+				if c.hasFP[f] {
+					c.fp[f] = append(c.fp[f], uint64(r.fp[f]))
 				}
 			}
 			nb++
 		}
-		for _, c := range fpCols {
-			if c != nil {
-				rows.Fingerprints = append(rows.Fingerprints, c)
-			}
-		}
+		batch.Rows = c.rows()
 		if nb == 0 && batch.Stats != stats {
 			break // nothing left but reset rows
 		}
