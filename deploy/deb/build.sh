@@ -36,7 +36,8 @@ echo "== go build jasper $version ($goarch)"
 # The packaged configs are the examples with their paths moved to where
 # the hardened units let each service write (StateDirectory=jasper-ROLE under
 # ProtectSystem=strict), and the sensor's TLS files to where
-# `jasper sensor enrol --dir /var/lib/jasper-sensor` puts them.
+# `jasper sensor enrol --dir /var/lib/jasper-sensor` puts them and its
+# renewer keeps them fresh.
 stage_config() { # ROLE SED-SCRIPT
 	local src="$root/deploy/$1.example.yaml"
 	if [ ! -f "$src" ]; then
@@ -45,11 +46,14 @@ stage_config() { # ROLE SED-SCRIPT
 	fi
 	sed -e "$2" "$src" >"$stage/$1.yaml"
 }
+# The sensor renews its own certificate: the example's tls: block goes and
+# its commented enrol: block (state in /var/lib/jasper-sensor) comes in.
 stage_config sensor '
 s#/var/lib/jasper/spool#/var/lib/jasper-sensor/spool#
-s#^\(  ca:\) .*#\1 /var/lib/jasper-sensor/ca.pem#
-s#^\(  cert:\) .*#\1 /var/lib/jasper-sensor/cert.pem#
-s#^\(  key:\) .*#\1 /var/lib/jasper-sensor/key.pem#'
+/^tls:$/,/^  key:/d
+s/^# enrol:$/enrol:/
+s/^#   \(hubs\|dir\|renew_at\):/  \1:/'
+grep -q '^enrol:$' "$stage/sensor.yaml" || { echo "build.sh: no enrol: block made from deploy/sensor.example.yaml" >&2; exit 1; }
 stage_config hub '
 s#^data_dir: .*#data_dir: /var/lib/jasper-hub#'
 

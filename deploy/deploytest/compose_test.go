@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/jasperfed/jasper/internal/pki"
 )
 
 type composeFile struct {
@@ -226,7 +228,7 @@ func TestCompose(t *testing.T) {
 		if err := os.WriteFile(mc, moved, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command(bin, "hub", "run", "--config", mc, "--check").CombinedOutput(); err != nil {
+		if out, err := hubCheck(t, bin, mc); err != nil {
 			t.Errorf("%s: jasper hub run --check: %v\n%s", conf, err, out)
 		}
 	}
@@ -250,8 +252,15 @@ func TestCompose(t *testing.T) {
 		}
 	}
 	caPEM, _ := os.ReadFile(filepath.Join(pkiDir, "ca", "ca.pem"))
-	if err := os.WriteFile(filepath.Join(state, "ca.pem"), caPEM, 0o644); err != nil {
+	ltk, err := pki.GenerateKey()
+	if err != nil {
 		t.Fatal(err)
+	}
+	ltPEM, _ := pki.MarshalKeyPEM(ltk)
+	for name, data := range map[string][]byte{"ca.pem": caPEM, "longterm-key.pem": ltPEM} {
+		if err := os.WriteFile(filepath.Join(state, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	run(t, scratch, bin, "sensor", "gen", "--out", filepath.Join(state, "replay.pcap"), "--darknet", s.Environment["SENSOR_DARKNET"])
 	sraw, _ := os.ReadFile(sconf)
@@ -259,12 +268,20 @@ func TestCompose(t *testing.T) {
 	if err := os.WriteFile(moved, bytes.ReplaceAll(sraw, []byte("/var/lib/jasper-sensor"), []byte(state)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(bin, "sensor", "run", "--config", moved, "--check").CombinedOutput(); err != nil {
+	out, err := exec.Command(bin, "sensor", "run", "--config", moved, "--check").CombinedOutput()
+	if err != nil {
 		t.Errorf("%s: jasper sensor run --check: %v\n%s", sconf, err, out)
+	}
+	if !bytes.Contains(out, []byte("cert: "+filepath.Join(state, "cert.pem"))) {
+		t.Errorf("%s: the sensor does not take its certificate from the enrolment folder:\n%s", sconf, out)
 	}
 	var sc struct {
 		Hubs    []string `yaml:"hubs"`
 		Darknet []string `yaml:"darknet"`
+		Enrol   struct {
+			Hubs []string `yaml:"hubs"`
+			Dir  string   `yaml:"dir"`
+		} `yaml:"enrol"`
 	}
 	sb, _ := os.ReadFile(sconf)
 	if err := yaml.Unmarshal(sb, &sc); err != nil {
@@ -275,6 +292,20 @@ func TestCompose(t *testing.T) {
 		if !slices.Contains(hubs, host) {
 			t.Errorf("%s: hub %s is not a hub service", sconf, h)
 		}
+	}
+	for _, h := range sc.Enrol.Hubs {
+		host, port, _ := net.SplitHostPort(h)
+		if !slices.Contains(hubs, host) || port != "7444" {
+			t.Errorf("%s: enrol hub %s is not a hub service's enrolment port", sconf, h)
+		}
+	}
+	if sc.Enrol.Dir != "/var/lib/jasper-sensor" || mounts["sensor-1"][sc.Enrol.Dir] == "" {
+		t.Errorf("%s: enrol.dir %q is not the sensor's state volume", sconf, sc.Enrol.Dir)
+	}
+	// sensor.sh enrols into the same folder and the same hubs.
+	sh, _ := os.ReadFile(hostPath(t, mounts["sensor-1"], s.Entrypoint[1]))
+	if !bytes.Contains(sh, []byte("--hub "+strings.Join(sc.Enrol.Hubs, ","))) || !bytes.Contains(sh, []byte("state="+sc.Enrol.Dir)) {
+		t.Errorf("sensor.sh does not enrol with hubs %v into %s", sc.Enrol.Hubs, sc.Enrol.Dir)
 	}
 	if !slices.Contains(sc.Darknet, s.Environment["SENSOR_DARKNET"]) {
 		t.Errorf("%s: darknet %v does not hold the generated capture's %s", sconf, sc.Darknet, s.Environment["SENSOR_DARKNET"])

@@ -116,6 +116,7 @@ func TestDebPackages(t *testing.T) {
 		if want := "/var/lib/jasper-" + role; !bytes.Contains(b, []byte(want)) {
 			t.Errorf("%s does not keep its state in %s", conf, want)
 		}
+		state := ""
 		if role == "hub" {
 			// The hub's --check loads its TLS files: give it some.
 			writeHubCerts(t, filepath.Join(scratch, "etc/jasper"), conf)
@@ -123,7 +124,7 @@ func TestDebPackages(t *testing.T) {
 			// The sensor's --check loads the files enrolment writes into
 			// /var/lib/jasper-sensor: check a copy pointing at a state
 			// folder holding them.
-			state := t.TempDir()
+			state = t.TempDir()
 			ca, err := pki.NewCA("deb test", time.Hour)
 			if err != nil {
 				t.Fatal(err)
@@ -133,7 +134,12 @@ func TestDebPackages(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for name, data := range map[string][]byte{"ca.pem": ca.PEM, "cert.pem": is.CertPEM, "key.pem": is.KeyPEM} {
+			ltk, err := pki.GenerateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ltPEM, _ := pki.MarshalKeyPEM(ltk)
+			for name, data := range map[string][]byte{"ca.pem": ca.PEM, "cert.pem": is.CertPEM, "key.pem": is.KeyPEM, "longterm-key.pem": ltPEM} {
 				if err := os.WriteFile(filepath.Join(state, name), data, 0o600); err != nil {
 					t.Fatal(err)
 				}
@@ -143,7 +149,10 @@ func TestDebPackages(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		run(t, scratch, bin, role, "run", "--config", conf, "--check")
+		check := run(t, scratch, bin, role, "run", "--config", conf, "--check")
+		if role == "sensor" && (!strings.Contains(check, "cert: "+filepath.Join(state, "cert.pem")) || !strings.Contains(check, "dir: "+state+"\n")) {
+			t.Errorf("effective sensor config does not renew and take its TLS files in the enrolment folder %s:\n%s", state, check)
+		}
 		verifyUnit(t, scratch, role)
 	}
 }

@@ -1,10 +1,12 @@
 package deploytest
 
 import (
+	"bytes"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,4 +82,36 @@ func writeCA(t *testing.T, dir string) {
 	if err := ca.Save(dir); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hubCheck runs `jasper hub run --config conf --check`. While the binary
+// has no ClickHouse loader extension wired in (it then refuses a clickhouse
+// section), the rest of the configuration is checked without that section,
+// and the test says so.
+func hubCheck(t *testing.T, bin, conf string) ([]byte, error) {
+	t.Helper()
+	out, err := exec.Command(bin, "hub", "run", "--config", conf, "--check").CombinedOutput()
+	if err == nil || !bytes.Contains(out, []byte("this binary has no ClickHouse loader")) {
+		return out, err
+	}
+	t.Logf("%s: this jasper binary has no ClickHouse loader: its clickhouse section is not checked", conf)
+	b, rerr := os.ReadFile(conf)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	var kept []string
+	skipping := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if line != "" && line[0] != ' ' && line[0] != '#' {
+			skipping = strings.HasPrefix(line, "clickhouse:")
+		}
+		if !skipping {
+			kept = append(kept, line)
+		}
+	}
+	stripped := conf + ".without-clickhouse.yaml"
+	if err := os.WriteFile(stripped, []byte(strings.Join(kept, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return exec.Command(bin, "hub", "run", "--config", stripped, "--check").CombinedOutput()
 }
