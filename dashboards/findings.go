@@ -36,3 +36,10 @@ type STIXExporter func(ctx context.Context, w io.Writer, findings []*jasperv1.Fi
 
 // CertExpiry returns the NotAfter of each sensor's current certificate.
 type CertExpiry func(ctx context.Context) (map[string]time.Time, error)
+
+// FindingsFunc adapts a function (e.g. a closure over hub/detect's
+// Detector.Findings and alerting's acknowledgements) to FindingsProvider.
+type FindingsFunc func(ctx context.Context) ([]FindingRecord, error)
+
+// Findings implements FindingsProvider.
+func (f FindingsFunc) Findings(ctx context.Context) ([]FindingRecord, error) { return f(ctx) }
