@@ -83,6 +83,7 @@ type hubOpt struct {
 	maxOffline time.Duration
 	store      enrol.Proposer
 	log        *slog.Logger
+	reg        prometheus.Registerer
 }
 
 func newFed(t *testing.T, opts ...hubOpt) *fed {
@@ -127,7 +128,7 @@ func newFed(t *testing.T, opts ...hubOpt) *fed {
 			store = o.store
 		}
 		svc, err := enrol.NewService(cfg, enrol.Deps{
-			CA: ca, Store: store, Module: f.mods[i], Now: o.now, Log: o.log,
+			CA: ca, Store: store, Module: f.mods[i], Now: o.now, Log: o.log, Registerer: o.reg,
 			TLS: pki.Files{CA: f.caPEM, Cert: filepath.Join(dir, "hub-"+name+".pem"), Key: filepath.Join(dir, "hub-"+name+"-key.pem")},
 		})
 		if err != nil {
@@ -422,7 +423,8 @@ func (s *syncBuffer) String() string {
 
 func TestTokenMisuseRefused(t *testing.T) {
 	var logs syncBuffer
-	f := newFed(t, hubOpt{log: slog.New(slog.NewTextHandler(&logs, nil))})
+	reg := prometheus.NewRegistry()
+	f := newFed(t, hubOpt{log: slog.New(slog.NewTextHandler(&logs, nil)), reg: reg})
 	now := time.Now()
 	caPEM, _ := os.ReadFile(f.caPEM)
 
@@ -468,7 +470,13 @@ func TestTokenMisuseRefused(t *testing.T) {
 		t.Fatal("renewed without a certificate")
 	}
 
-	// Every refusal was logged with its reason.
+	// Every outcome was counted ...
+	for outcome, want := range map[string]float64{"token_expired": 1, "scope_mismatch": 2, "bad_token": 1, "ok": 1} {
+		if got := counterValue(t, reg, "jasper_enrol_requests_total", map[string]string{"call": "enrol", "outcome": outcome}); got != want {
+			t.Errorf("jasper_enrol_requests_total{call=enrol,outcome=%s} = %v, want %v", outcome, got, want)
+		}
+	}
+	// ... and every refusal logged with its reason.
 	out := logs.String()
 	for _, want := range []string{"reason=token_expired", "reason=scope_mismatch", "reason=bad_token", "reason=forbidden"} {
 		if !strings.Contains(out, "msg=enrol_refused") || !strings.Contains(out, want) {
@@ -654,4 +662,27 @@ func TestRenewRecoversMismatchedPair(t *testing.T) {
 	if c, _ := r.Current(); c.SerialNumber.Cmp(first.SerialNumber) == 0 {
 		t.Fatal("no new certificate")
 	}
+}
+
+func counterValue(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }
