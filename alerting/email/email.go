@@ -6,25 +6,35 @@
 // X-Jasper-Delivery-Id header, the same on every retry, so a receiving
 // ticket system can drop duplicates.
 //
-// PGP signing is not implemented: go-mail's PGP support lives in a
-// separate middleware module not vetted here.
+// With a PGP key configured the text body is clearsigned (inline OpenPGP,
+// RFC 4880 section 7) and names the SHA-256 of the CSV attachment, so the
+// signature covers the evidence too. PGP/MIME (RFC 3156) is not
+// implemented.
 package email
 
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/mail"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	gomail "github.com/wneessen/go-mail"
 
 	"github.com/jasperfed/jasper/alerting/directory"
@@ -53,6 +63,10 @@ type Config struct {
 	// ReplyTo, when set, is where humans answer (the coordinator's desk).
 	ReplyTo string             `yaml:"reply_to"`
 	Timeout directory.Duration `yaml:"timeout"`
+	// PGPKeyFile, when set, is an ASCII-armoured OpenPGP private key that
+	// clearsigns every body; PGPPassphrase unlocks it if it is protected.
+	PGPKeyFile    string           `yaml:"pgp_key_file"`
+	PGPPassphrase directory.Secret `yaml:"pgp_passphrase"`
 }
 
 // LogValue implements slog.LogValuer without the password.
@@ -101,6 +115,7 @@ type Sender struct {
 	cfg    Config
 	tlsCfg *tls.Config
 	domain string
+	signer *packet.PrivateKey
 }
 
 // New builds a sender. tlsCfg verifies the relay (nil: system roots with
@@ -114,7 +129,40 @@ func New(cfg Config, tlsCfg *tls.Config) (*Sender, error) {
 	if tlsCfg == nil {
 		tlsCfg = &tls.Config{ServerName: cfg.Host, MinVersion: tls.VersionTLS12}
 	}
-	return &Sender{cfg: cfg, tlsCfg: tlsCfg, domain: domain}, nil
+	s := &Sender{cfg: cfg, tlsCfg: tlsCfg, domain: domain}
+	if cfg.PGPKeyFile != "" {
+		k, err := loadSigner(cfg.PGPKeyFile, cfg.PGPPassphrase)
+		if err != nil {
+			return nil, fmt.Errorf("alerting email pgp_key_file: %w", err)
+		}
+		s.signer = k
+	}
+	return s, nil
+}
+
+func loadSigner(path string, pass directory.Secret) (*packet.PrivateKey, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ring, err := openpgp.ReadArmoredKeyRing(f)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ring {
+		k := e.PrivateKey
+		if k == nil || !k.CanSign() {
+			continue
+		}
+		if k.Encrypted {
+			if err := k.Decrypt([]byte(pass.Reveal())); err != nil {
+				return nil, fmt.Errorf("unlock key: %w", err)
+			}
+		}
+		return k, nil
+	}
+	return nil, errors.New("no private signing key in the file")
 }
 
 // Send delivers one task. Every failure is retried by the worker (a 5xx
@@ -168,11 +216,28 @@ func (s *Sender) Message(t *outbox.Task) (*gomail.Msg, error) {
 	m.SetGenHeader("X-Auto-Response-Suppress", "All")
 	m.SetGenHeader(HeaderDeliveryID, t.Delivery.ID)
 	m.SetGenHeader(HeaderTicket, t.Ticket)
-	m.SetBodyString(gomail.TypeTextPlain, Body(t))
 	csvb, err := CSV(t)
 	if err != nil {
 		return nil, err
 	}
+	body := Body(t)
+	if s.signer != nil {
+		sum := sha256.Sum256(csvb)
+		body += fmt.Sprintf("\nSHA-256 of %s-evidence.csv: %s\n", t.Ticket, hex.EncodeToString(sum[:]))
+		var b bytes.Buffer
+		w, err := clearsign.Encode(&b, s.signer, &packet.Config{DefaultHash: crypto.SHA256})
+		if err != nil {
+			return nil, fmt.Errorf("pgp sign: %w", err)
+		}
+		if _, err := io.WriteString(w, body); err != nil {
+			return nil, fmt.Errorf("pgp sign: %w", err)
+		}
+		if err := w.Close(); err != nil {
+			return nil, fmt.Errorf("pgp sign: %w", err)
+		}
+		body = b.String()
+	}
+	m.SetBodyString(gomail.TypeTextPlain, body)
 	if err := m.AttachReader(fmt.Sprintf("%s-evidence.csv", t.Ticket), bytes.NewReader(csvb), gomail.WithFileContentType("text/csv")); err != nil {
 		return nil, fmt.Errorf("attach csv: %w", err)
 	}
