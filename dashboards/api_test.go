@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"gopkg.in/yaml.v3"
 )
 
@@ -653,5 +655,34 @@ func TestExampleAccountsFile(t *testing.T) {
 	}
 	if a := s.byName["soc-example-org"]; a == nil || !a.maysee(netip.MustParseAddr("2001:db8::5"), "US") || a.maysee(netip.MustParseAddr("198.51.100.1"), "JP") {
 		t.Errorf("organisation scope: %+v", a)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, fixtureOpts{deps: func(d *Deps) { d.Registerer = reg }})
+	c := f.client(t)
+	c.login("jp", "wrong")
+	c.login("jp", pwJP)
+	c.do("GET", "/api/hosts?country=DE", nil, nil)
+	c.get("/api/map", nil)
+	m := f.srv.metrics
+	if v := testutil.ToFloat64(m.loginFailures); v != 1 {
+		t.Errorf("login failures = %v", v)
+	}
+	if v := testutil.ToFloat64(m.forbidden); v != 1 {
+		t.Errorf("forbidden = %v", v)
+	}
+	if v := testutil.ToFloat64(m.requests.WithLabelValues("map", "200")); v != 1 {
+		t.Errorf("map requests = %v", v)
+	}
+	if v := testutil.ToFloat64(m.requests.WithLabelValues("login", "401")); v != 1 {
+		t.Errorf("failed login requests = %v", v)
+	}
+	// A second server on the same registry is refused, not a panic.
+	cfg := DefaultConfig()
+	cfg.AccountsFile = writeAccounts(t, t.TempDir())
+	if _, err := New(cfg, Deps{Source: NewEmbeddedSource(f.mod), Registerer: reg}); err == nil {
+		t.Error("duplicate metrics registration accepted")
 	}
 }
