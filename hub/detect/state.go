@@ -319,15 +319,22 @@ func (c *lru) remove(k addrKey) {
 	}
 }
 
-// sweep removes, from the oldest end, subjects last seen before cutoff
-// that have no open finding.
+// sweep removes, from the least recently touched end, subjects last seen
+// before cutoff that have no open finding. It stops at the first subject
+// seen since cutoff: the list is in touch (log) order, so what lies beyond
+// was touched later; a subject whose event time lags its touch order waits
+// for a later sweep or for eviction.
 func (c *lru) sweep(cutoff int64) {
 	for e := c.l.Back(); e != nil; {
 		prev := e.Prev()
 		s := e.Value.(*subject)
-		if s.ev.last < cutoff && s.finding == "" {
+		switch {
+		case s.finding != "":
+		case s.ev.last < cutoff:
 			c.l.Remove(e)
 			delete(c.m, s.key)
+		default:
+			return
 		}
 		e = prev
 	}
