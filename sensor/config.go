@@ -64,6 +64,18 @@ type ReplayConfig struct {
 	// Speed multiplies the capture's own pace; 0 replays as fast as
 	// possible.
 	Speed float64 `yaml:"speed"`
+	// Rebase moves the capture's timestamps to the present (for demos and
+	// tests: hubs refuse batches older than ingest.max_batch_age): the
+	// file is shifted so that its last packet falls on the moment the
+	// replay opens, and a packet is never handed out before its shifted
+	// timestamp, so no batch is dated in the future. A rebased replay does
+	// not resume after a restart: it starts over with new times.
+	Rebase bool `yaml:"rebase"`
+	// Loop replays the file again each time it ends, until the sensor
+	// stops. It needs rebase: each pass continues one second after the
+	// previous one ended, so after the first pass (recent history, at
+	// speed) the replay follows the wall clock.
+	Loop bool `yaml:"loop"`
 }
 
 // SpoolConfig places and bounds the spool.
@@ -214,6 +226,9 @@ func (c Config) Validate() error {
 	}
 	if c.Source.Replay.Speed < 0 || c.Source.Replay.Speed > 1e6 || c.Source.Replay.Speed != c.Source.Replay.Speed {
 		errs = append(errs, fmt.Errorf("source.replay.speed: %v is not between 0 and 1e6", c.Source.Replay.Speed))
+	}
+	if c.Source.Replay.Loop && !c.Source.Replay.Rebase {
+		errs = append(errs, errors.New("source.replay.loop: needs source.replay.rebase (a pass repeated with the same times would be refused as old or duplicate)"))
 	}
 	if len(c.Darknet) == 0 {
 		errs = append(errs, errors.New("darknet: at least one prefix is needed"))

@@ -130,6 +130,19 @@ func (s *Sensor) Start(ctx context.Context) error {
 	go func() {
 		defer close(s.capDone)
 		err := summary.Run(cctx, src, s.sc, emit)
+		if r, ok := src.(*replay); ok && r.loop {
+			// Each pass is its own run, so that its open bin is flushed
+			// when the pass ends rather than when the next one starts.
+			for err == nil && cctx.Err() == nil && !s.stopping.Load() {
+				if err = r.nextPass(); err != nil {
+					if errors.Is(err, io.EOF) {
+						err = nil
+					}
+					break
+				}
+				err = summary.Run(cctx, src, s.sc, emit)
+			}
+		}
 		switch {
 		case err == nil:
 			s.log.Info("source_finished")
@@ -193,15 +206,15 @@ func (s *Sensor) openReplay(sp *spool.Spool) (capture.Source, func(*jasperv1.Bat
 	if err != nil {
 		return nil, nil, err
 	}
-	inner, err := capture.OpenFile(path)
+	rc := s.cfg.Source.Replay
+	src, err := openReplaySource(path, rc.Speed, rc.Rebase, rc.Loop, time.Now())
 	if err != nil {
 		return nil, nil, err
 	}
 	var skip uint64
-	if c := sp.Cursor(); c>>cursorBits == fp {
+	if c := sp.Cursor(); c>>cursorBits == fp && !rc.Rebase {
 		skip = c & (1<<cursorBits - 1)
 	}
-	src := &replay{Source: inner, speed: s.cfg.Source.Replay.Speed}
 	src.pace.Store(skip == 0)
 	var emitted uint64
 	if skip > 0 {
@@ -331,14 +344,92 @@ func (s *Sensor) drain(ctx context.Context) {
 }
 
 // replay paces a capture file at speed times its own pace (0: no pacing).
+// With rebase it shifts timestamps by offset and holds each packet until
+// the wall clock reaches its timestamp; with loop, nextPass reopens the
+// file for another pass that continues in time.
 type replay struct {
 	capture.Source
+	path   string
 	speed  float64
+	rebase bool
+	loop   bool
+	// offset is added to every timestamp (rebase); span is the file's
+	// first-to-last packet time.
+	offset time.Duration
+	span   time.Duration
+	read   uint64 // packets handed out in this pass
 	pace   atomic.Bool
 	paced  bool
 	t0     time.Time
 	ts0    time.Time
 	closed atomic.Bool
+	mu     sync.Mutex // guards Source against Close during nextPass
+}
+
+// passGap separates two passes of a looped replay.
+const passGap = time.Second
+
+// openReplaySource opens a capture file for replay. With rebase the file is
+// read once first to find its time span, and shifted so that its last
+// packet falls on now.
+func openReplaySource(path string, speed float64, rebase, loop bool, now time.Time) (*replay, error) {
+	r := &replay{path: path, speed: speed, rebase: rebase, loop: loop}
+	if rebase {
+		first, last, err := captureSpan(path)
+		if err != nil {
+			return nil, err
+		}
+		r.span = last.Sub(first)
+		r.offset = now.Sub(last)
+	}
+	inner, err := capture.OpenFile(path)
+	if err != nil {
+		return nil, err
+	}
+	r.Source = inner
+	return r, nil
+}
+
+// captureSpan reads a capture file's first and last packet times.
+func captureSpan(path string) (first, last time.Time, err error) {
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		return first, last, err
+	}
+	defer src.Close()
+	for n := 0; ; n++ {
+		_, ci, err := src.ReadPacket()
+		if errors.Is(err, io.EOF) {
+			return first, last, nil
+		}
+		if err != nil {
+			return first, last, fmt.Errorf("replay file %s: %w", path, err)
+		}
+		if n == 0 {
+			first = ci.Timestamp
+		}
+		last = ci.Timestamp
+	}
+}
+
+// nextPass reopens the file for another pass whose times continue passGap
+// after the previous pass's. It returns io.EOF when the replay is closed or
+// the last pass held no packet (a loop over nothing would spin).
+func (r *replay) nextPass() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() || r.read == 0 {
+		return io.EOF
+	}
+	inner, err := capture.OpenFile(r.path)
+	if err != nil {
+		return err
+	}
+	r.Source.Close()
+	r.Source = inner
+	r.offset += r.span + passGap
+	r.read, r.paced = 0, false
+	return nil
 }
 
 func (r *replay) ReadPacket() ([]byte, gopacket.CaptureInfo, error) {
@@ -346,21 +437,36 @@ func (r *replay) ReadPacket() ([]byte, gopacket.CaptureInfo, error) {
 		return nil, gopacket.CaptureInfo{}, io.EOF
 	}
 	data, ci, err := r.Source.ReadPacket()
-	if err != nil || r.speed == 0 || !r.pace.Load() {
+	if err != nil {
 		return data, ci, err
 	}
-	if !r.paced {
-		r.paced, r.t0, r.ts0 = true, time.Now(), ci.Timestamp
-		return data, ci, nil
+	r.read++
+	if r.rebase {
+		ci.Timestamp = ci.Timestamp.Add(r.offset)
 	}
-	due := r.t0.Add(time.Duration(float64(ci.Timestamp.Sub(r.ts0)) / r.speed))
+	if r.speed != 0 && r.pace.Load() {
+		if !r.paced {
+			r.paced, r.t0, r.ts0 = true, time.Now(), ci.Timestamp
+		} else if !r.sleepUntil(r.t0.Add(time.Duration(float64(ci.Timestamp.Sub(r.ts0)) / r.speed))) {
+			return nil, ci, io.EOF
+		}
+	}
+	if r.rebase && !r.sleepUntil(ci.Timestamp) {
+		return nil, ci, io.EOF
+	}
+	return data, ci, nil
+}
+
+// sleepUntil waits for the wall clock to reach due; false when the replay
+// was closed meanwhile.
+func (r *replay) sleepUntil(due time.Time) bool {
 	for wait := time.Until(due); wait > time.Millisecond; wait = time.Until(due) {
 		if r.closed.Load() {
-			return nil, ci, io.EOF
+			return false
 		}
 		time.Sleep(min(wait, 50*time.Millisecond))
 	}
-	return data, ci, nil
+	return true
 }
 
 func (r *replay) LinkType() layers.LinkType { return r.Source.LinkType() }
@@ -369,6 +475,8 @@ func (r *replay) LinkType() layers.LinkType { return r.Source.LinkType() }
 // return io.EOF.
 func (r *replay) Close() error {
 	r.closed.Store(true)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.Source.Close()
 }
 
