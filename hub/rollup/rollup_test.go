@@ -3,9 +3,11 @@ package rollup
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -369,4 +371,42 @@ func FuzzRestore(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestConcurrentQueriesAndSnapshots runs queries and snapshots while
+// batches apply (run with -race).
+func TestConcurrentQueriesAndSnapshots(t *testing.T) {
+	m := newModule(t, nil)
+	log := randomLog(11, 60)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i, cb := range log {
+			m.OnBatch(uint64(i+1), cb)
+		}
+		close(done)
+	})
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				m.Overview(Filter{Country: "JP"}, 5*time.Minute)
+				m.Top(Filter{Protocol: 6}, DimPort, 10)
+				m.Hosts(Filter{}, nil, 10)
+				m.Sensors()
+				if err := m.Snapshot(io.Discard); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if st := m.Stats(); st.Batches != uint64(len(log)) {
+		t.Errorf("batches = %d", st.Batches)
+	}
 }

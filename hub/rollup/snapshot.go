@@ -53,30 +53,43 @@ func cmpCellKey(a, b cellKey) int {
 		cmp.Compare(a.Port, b.Port), cmp.Compare(a.Class, b.Class))
 }
 
-// Snapshot writes the module's state.
+// Snapshot writes the module's state. It copies the state under the read
+// lock and encodes the copy after releasing it, so a slow writer does not
+// hold up OnBatch for long.
 func (m *Module) Snapshot(w io.Writer) error {
 	m.mu.RLock()
 	s := snapshot{Version: snapshotVersion, BinSeconds: m.cfg.BinSeconds, Newest: m.newest,
-		LastIndex: m.lastIndex, Stats: m.stats, Sensors: m.sensors}
+		LastIndex: m.lastIndex, Stats: m.stats, Sensors: make(map[string]*sensorState, len(m.sensors))}
+	for id, ss := range m.sensors {
+		c := *ss
+		s.Sensors[id] = &c
+	}
 	for _, start := range slices.Sorted(maps.Keys(m.bins)) {
 		bn := m.bins[start]
-		sb := snapBin{Start: start, Ordinary: bn.Ordinary, Total: bn.Total.state(), Sensors: bn.Sensors}
+		t := bn.Total.clone()
+		sb := snapBin{Start: start, Ordinary: bn.Ordinary, Total: t.state(), Sensors: make(map[string]*sensorBin, len(bn.Sensors))}
+		for id, sn := range bn.Sensors {
+			c := *sn
+			sb.Sensors[id] = &c
+		}
+		sb.Cells = make([]snapCell, 0, len(bn.Cells))
 		for _, k := range slices.SortedFunc(maps.Keys(bn.Cells), cmpCellKey) {
 			c := bn.Cells[k]
+			src := c.Sources.clone()
 			sb.Cells = append(sb.Cells, snapCell{cellKey: k, Packets: c.Packets, Bytes: c.Bytes,
-				Fingerprints: c.Fingerprints, Sources: c.Sources.state()})
+				Fingerprints: maps.Clone(c.Fingerprints), Sources: src.state()})
 		}
 		for _, k := range slices.SortedFunc(maps.Keys(bn.Hosts), func(a, b hostKey) int {
 			return cmp.Or(cmp.Compare(a.Sensor, b.Sensor), a.Addr.Compare(b.Addr))
 		}) {
-			sb.Hosts = append(sb.Hosts, snapHost{Sensor: k.Sensor, Addr: k.Addr, host: *bn.Hosts[k]})
+			h := *bn.Hosts[k]
+			h.Ports, h.Protocols = slices.Clone(h.Ports), slices.Clone(h.Protocols)
+			sb.Hosts = append(sb.Hosts, snapHost{Sensor: k.Sensor, Addr: k.Addr, host: h})
 		}
 		s.Bins = append(s.Bins, sb)
 	}
-	// Encode under the read lock: the state's maps are shared.
-	err := json.NewEncoder(w).Encode(&s)
 	m.mu.RUnlock()
-	if err != nil {
+	if err := json.NewEncoder(w).Encode(&s); err != nil {
 		return fmt.Errorf("rollup snapshot: %w", err)
 	}
 	return nil
