@@ -235,6 +235,9 @@ func (s *Store) Start(ctx context.Context) error {
 	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
 	rc.TrailingLogs = s.cfg.TrailingLogs
 	rc.NotifyCh = s.notifyCh
+	// Let proposals queue while the leader loop fsyncs, and write them
+	// to the log together.
+	rc.BatchApplyCh = true
 	rc.Logger = hcl
 	if err := raft.ValidateConfig(rc); err != nil {
 		trans.Close()
