@@ -2,9 +2,11 @@ package ingest
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,14 +106,18 @@ func startHub(t testing.TB, f *fixture, id string, bootstrap bool, mutate func(*
 	return startHubWith(t, sc, ic)
 }
 
-func startHubWith(t testing.TB, sc store.Config, ic Config) *hubNode {
+func startHubWith(t testing.TB, sc store.Config, ic Config, opts ...func(*Deps)) *hubNode {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	st, err := store.New(sc, store.Deps{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(ic, Deps{Store: st, Registerer: reg})
+	deps := Deps{Store: st, Registerer: reg}
+	for _, o := range opts {
+		o(&deps)
+	}
+	srv, err := New(ic, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,6 +545,70 @@ func TestIngestThreeHubs(t *testing.T) {
 		t.Fatalf("no state hash header: %v", hdr)
 	}
 	t.Logf("status: leader %s applied %d hash %s (node hash %s)", resp.NodeId, resp.AppliedIndex, hdr.Get("jasper-state-hash")[0][:12], h2[:12])
+}
+
+// revokedSerials is a revocation list keyed by certificate serial.
+type revokedSerials map[string]bool
+
+func (r revokedSerials) RevokedCert(c *x509.Certificate) bool { return r[c.SerialNumber.String()] }
+
+type countryEnricher struct{}
+
+func (countryEnricher) Enrich(b *jasperv1.Batch) *jasperv1.Enrichment {
+	e := &jasperv1.Enrichment{GeoDbVersion: "test"}
+	for range b.GetRows().GetSrcIp() {
+		e.SrcCountry = append(e.SrcCountry, "ZZ")
+	}
+	return e
+}
+
+// TestIngestRevokedAndEnriched checks the two optional hooks: a revoked
+// certificate is refused at the Hello, and the enricher's result is
+// committed with the batch.
+func TestIngestRevokedAndEnriched(t *testing.T) {
+	f := newFixture(t)
+	good := f.issue(t, nil, sensorID("s1", "JP", "198.51.100.0/24"), time.Time{}, time.Hour)
+	bad := f.issue(t, nil, sensorID("s2", "JP", "198.51.100.0/24"), time.Time{}, time.Hour)
+	badCert, err := pki.ParseCertPEM(mustRead(t, bad.Cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hubFiles := f.issue(t, nil, pki.Identity{Role: pki.RoleHub, ID: "h1"}, time.Time{}, time.Hour)
+	sc := store.DefaultConfig()
+	sc.NodeID, sc.BindAddr, sc.DataDir, sc.TLS, sc.Bootstrap, sc.Load = "h1", "127.0.0.1:0", filepath.Join(f.dir, "data"), hubFiles, true, true
+	sc.HeartbeatTimeout, sc.ElectionTimeout, sc.LeaderLeaseTimeout = 150*time.Millisecond, 150*time.Millisecond, 100*time.Millisecond
+	ic := DefaultConfig()
+	ic.Listen, ic.TLS = "127.0.0.1:0", hubFiles
+	h := startHubWith(t, sc, ic, func(d *Deps) {
+		d.Revocation = revokedSerials{badCert.SerialNumber.String(): true}
+		d.Enricher = countryEnricher{}
+	})
+	waitFor(t, "leader", h.st.IsLeader)
+	_, resp, err := open(t, dial(t, h.srv.Addr(), bad), &jasperv1.Hello{SensorId: "s2"})
+	if err != nil || resp.GetRefusal().GetReason() != jasperv1.RefusalReason_REFUSAL_REASON_REVOKED {
+		t.Fatalf("revoked: %v %v", resp, err)
+	}
+	s, resp, err := open(t, dial(t, h.srv.Addr(), good), &jasperv1.Hello{SensorId: "s1"})
+	if err != nil || resp.GetWelcome() == nil {
+		t.Fatalf("good: %v %v", resp, err)
+	}
+	s.send(validBatch(1, nowBin(), 3))
+	if a := s.recv().GetAck(); a.GetSequence() != 1 {
+		t.Fatalf("ack: %v", a)
+	}
+	p := h.st.Pending(0, 100)
+	if len(p) != 1 || p[0].SensorCountry != "JP" || len(p[0].GetEnrichment().GetSrcCountry()) != 3 || p[0].Enrichment.GeoDbVersion != "test" || p[0].ReceivedAtMs == 0 {
+		t.Fatalf("committed batch: %v", p)
+	}
+}
+
+func mustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // joinVia adds a hub through the admin API of whichever hub leads (a
