@@ -112,7 +112,11 @@ func (c *cluster) issue(id pki.Identity) pki.Files {
 
 // newCluster starts n hub processes; hub i binds raft on 127.0.0.(i+1)
 // behind its own proxy, which is the address the other hubs know.
-func newCluster(t *testing.T, n int) *cluster {
+func newCluster(t *testing.T, n int) *cluster { return newClusterWith(t, n, "") }
+
+// newClusterWith adds extraYAML (top-level sections, e.g. clickhouse:) to
+// every hub's configuration.
+func newClusterWith(t *testing.T, n int, extraYAML string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("clustertest CA", 24*time.Hour)
@@ -163,7 +167,7 @@ ingest:
   retry_after: 50ms
 metrics_listen: ""
 tick_interval: 200ms
-`, h.id, h.id, f.CA, f.Cert, f.Key, h.raftBind, h.proxy.Addr(), strings.Join(peers, ", "), h.ingest)
+%s`, h.id, h.id, f.CA, f.Cert, f.Key, h.raftBind, h.proxy.Addr(), strings.Join(peers, ", "), h.ingest, extraYAML)
 		h.cfgPath = filepath.Join(dir, h.id+".yaml")
 		h.logPath = filepath.Join(dir, h.id+".log")
 		if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {

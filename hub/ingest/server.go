@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -166,7 +167,13 @@ func (s *Server) Start(ctx context.Context) error {
 		return errors.New("ingest already started")
 	}
 	s.started = true
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(s.cfg.MaxBatchBytes + 1<<20)}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxBatchBytes + 1<<20),
+		// Find dead sensors behind half-open connections; let clients
+		// ping every 10 s without being told to calm down.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
 	if s.cfg.InsecurePlaintextForDemo {
 		s.log.Warn("insecure_plaintext_for_demo", "listen", s.cfg.Listen, "detail", "no TLS and no client authentication: for a local demo only")
 	} else {
