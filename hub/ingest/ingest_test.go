@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -682,4 +683,60 @@ func FuzzValidateBatch(f *testing.F) {
 			t.Fatal("sequence 0 passed")
 		}
 	})
+}
+
+// mutableRevocations is a revocation list that a test changes while a
+// stream is open, as a raft-replicated revocation would.
+type mutableRevocations struct {
+	mu      sync.Mutex
+	serials map[string]bool
+}
+
+func (r *mutableRevocations) RevokedCert(c *x509.Certificate) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.serials[c.SerialNumber.String()]
+}
+
+func (r *mutableRevocations) revoke(c *x509.Certificate) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.serials[c.SerialNumber.String()] = true
+}
+
+// TestIngestRevokedMidStream checks that a revocation cuts a stream that is
+// already open: the next batch is refused as REVOKED and not stored.
+func TestIngestRevokedMidStream(t *testing.T) {
+	f := newFixture(t)
+	files := f.issue(t, nil, sensorID("s1", "JP", "198.51.100.0/24"), time.Time{}, time.Hour)
+	cert, err := pki.ParseCertPEM(mustRead(t, files.Cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hubFiles := f.issue(t, nil, pki.Identity{Role: pki.RoleHub, ID: "h1"}, time.Time{}, time.Hour)
+	sc := store.DefaultConfig()
+	sc.NodeID, sc.BindAddr, sc.DataDir, sc.TLS, sc.Bootstrap, sc.Load = "h1", "127.0.0.1:0", filepath.Join(f.dir, "data"), hubFiles, true, true
+	sc.HeartbeatTimeout, sc.ElectionTimeout, sc.LeaderLeaseTimeout = 150*time.Millisecond, 150*time.Millisecond, 100*time.Millisecond
+	ic := DefaultConfig()
+	ic.Listen, ic.TLS = "127.0.0.1:0", hubFiles
+	revs := &mutableRevocations{serials: map[string]bool{}}
+	h := startHubWith(t, sc, ic, func(d *Deps) { d.Revocation = revs })
+	waitFor(t, "leader", h.st.IsLeader)
+	s, resp, err := open(t, dial(t, h.srv.Addr(), files), &jasperv1.Hello{SensorId: "s1"})
+	if err != nil || resp.GetWelcome() == nil {
+		t.Fatalf("hello: %v %v", resp, err)
+	}
+	s.send(validBatch(1, nowBin(), 3))
+	if a := s.recv().GetAck(); a.GetSequence() != 1 {
+		t.Fatalf("ack: %v", a)
+	}
+	revs.revoke(cert)
+	s.send(validBatch(2, nowBin(), 3))
+	r := s.recv().GetRefusal()
+	if r.GetReason() != jasperv1.RefusalReason_REFUSAL_REASON_REVOKED || r.GetSequence() != 2 {
+		t.Fatalf("after revocation: %v", r)
+	}
+	if got := h.st.Watermark("s1"); got != 1 {
+		t.Fatalf("watermark after revoked batch = %d, want 1", got)
+	}
 }

@@ -133,7 +133,7 @@ func (s *Server) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasp
 				recvErr <- err
 				return
 			}
-			a := s.handleBatch(ctx, sensorID, country, req, &lastProposed)
+			a := s.handleBatch(ctx, sensorID, country, cert, req, &lastProposed)
 			select {
 			case answers <- a:
 			case <-ctx.Done():
@@ -143,7 +143,8 @@ func (s *Server) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasp
 			// After a transient refusal nothing more of this stream is
 			// taken: a later batch committed now would hide the refused
 			// one, which the sensor resends after reconnecting.
-			if r := a.refusal; r != nil && (r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_THROTTLE || r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_NOT_LEADER) {
+			// A revoked certificate ends the stream at once.
+			if r := a.refusal; r != nil && (r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_THROTTLE || r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_NOT_LEADER || r.Reason == jasperv1.RefusalReason_REFUSAL_REASON_REVOKED) {
 				recvErr <- nil
 				return
 			}
@@ -160,13 +161,19 @@ func (s *Server) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasp
 
 // handleBatch checks one message and, if it passes, hands it to the
 // proposer.
-func (s *Server) handleBatch(ctx context.Context, sensorID, country string, req *jasperv1.StreamRequest, lastProposed *uint64) *answer {
+func (s *Server) handleBatch(ctx context.Context, sensorID, country string, cert *x509.Certificate, req *jasperv1.StreamRequest, lastProposed *uint64) *answer {
 	now := s.deps.Now()
 	b := req.GetBatch()
 	if b == nil {
 		return &answer{received: now, refusal: refusal(0, jasperv1.RefusalReason_REFUSAL_REASON_INVALID, "expected a Batch after the Hello")}
 	}
 	a := &answer{seq: b.Sequence, rows: uint64(len(b.GetRows().GetSrcIp())), received: now}
+	// Revocation is enforced on every batch, not only at Hello, so that a
+	// revocation committed through raft cuts a stream that is already open.
+	if s.deps.Revocation != nil && cert != nil && s.deps.Revocation.RevokedCert(cert) {
+		a.refusal = refusal(b.Sequence, jasperv1.RefusalReason_REFUSAL_REASON_REVOKED, "the certificate of %s (serial %s) is revoked", sensorID, cert.SerialNumber)
+		return a
+	}
 	if r := s.checkBatch(b, now, *lastProposed); r != nil {
 		a.refusal = r
 		return a
