@@ -546,6 +546,10 @@ func (s *Server) handleFindingsSTIX(w http.ResponseWriter, r *http.Request, p *p
 	}
 	var buf bytes.Buffer
 	if err := s.deps.STIX(r.Context(), &buf, fs); err != nil {
+		if errors.Is(err, ErrNotConfigured) {
+			writeError(w, http.StatusNotImplemented, "STIX export is not configured on this hub")
+			return
+		}
 		s.fail(w, fmt.Errorf("stix export: %w", err))
 		return
 	}
@@ -628,6 +632,10 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request, p *principal, si
 			return
 		}
 		err = s.deps.Actions.Silence(r.Context(), id, p.account.Name, until, req.Note)
+	}
+	if errors.Is(err, ErrNotConfigured) {
+		writeError(w, http.StatusNotImplemented, "finding actions are not configured on this hub")
+		return
 	}
 	if err != nil {
 		s.fail(w, fmt.Errorf("finding action: %w", err))

@@ -1,7 +1,9 @@
 package dashboards
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -17,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"gopkg.in/yaml.v3"
+
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 // endpoints lists every API route with a method, for the auth tests.
@@ -459,17 +463,34 @@ func TestFindingsScope(t *testing.T) {
 	}
 }
 
+type unwiredActions struct{}
+
+func (unwiredActions) Acknowledge(context.Context, string, string, string) error {
+	return ErrNotConfigured
+}
+func (unwiredActions) Silence(context.Context, string, string, time.Time, string) error {
+	return ErrNotConfigured
+}
+
 func TestActionsNotConfigured(t *testing.T) {
-	f := newFixture(t, fixtureOpts{deps: func(d *Deps) { d.Actions = nil; d.STIX = nil }})
-	c := f.client(t)
-	c.auth = tokenJP
-	for _, p := range []string{"/api/findings/f-jp-1/ack", "/api/findings/f-jp-1/silence"} {
-		if code, _, _ := c.do("POST", p, nil, nil); code != http.StatusNotImplemented {
-			t.Errorf("%s = %d, want 501", p, code)
+	for _, deps := range []func(*Deps){
+		func(d *Deps) { d.Actions = nil; d.STIX = nil },
+		func(d *Deps) {
+			d.Actions = unwiredActions{}
+			d.STIX = func(context.Context, io.Writer, []*jasperv1.Finding) error { return ErrNotConfigured }
+		},
+	} {
+		f := newFixture(t, fixtureOpts{deps: deps})
+		c := f.client(t)
+		c.auth = tokenJP
+		for _, p := range []string{"/api/findings/f-jp-1/ack", "/api/findings/f-jp-1/silence"} {
+			if code, _, _ := c.do("POST", p, nil, nil); code != http.StatusNotImplemented {
+				t.Errorf("%s = %d, want 501", p, code)
+			}
 		}
-	}
-	if code, _, _ := c.do("GET", "/api/findings/export.stix", nil, nil); code != http.StatusNotImplemented {
-		t.Errorf("stix = %d, want 501", code)
+		if code, _, _ := c.do("GET", "/api/findings/export.stix", nil, nil); code != http.StatusNotImplemented {
+			t.Errorf("stix = %d, want 501", code)
+		}
 	}
 }
 

@@ -2,11 +2,16 @@ package dashboards
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
+
+// ErrNotConfigured may be returned by Actions or an STIXExporter that the
+// hub has not wired: the API answers 501 Not Implemented.
+var ErrNotConfigured = errors.New("not configured on this hub")
 
 // FindingRecord is a finding with the analysts' actions on it.
 type FindingRecord struct {

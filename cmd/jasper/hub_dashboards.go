@@ -2,22 +2,131 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
+
+	"github.com/jasperfed/jasper/alerting/stix"
 
 	"github.com/jasperfed/jasper/dashboards"
 	"github.com/jasperfed/jasper/hub"
 	"github.com/jasperfed/jasper/hub/chstore"
 	"github.com/jasperfed/jasper/hub/rollup"
 	"github.com/jasperfed/jasper/internal/config"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 func init() {
 	hubExtensions = append(hubExtensions, hub.Extension{Name: "dashboards", Attach: attachDashboards})
+}
+
+// dashboardsWiring holds what other hub extensions give the dashboards.
+// They call the set functions below from their Attach, in any order; the
+// dashboards read the values at request time.
+var dashboardsWiring struct {
+	sync.Mutex
+	findings   dashboards.FindingsProvider
+	actions    dashboards.Actions
+	certExpiry dashboards.CertExpiry
+}
+
+// setDashboardsFindings gives the dashboards the hub's findings (hub/detect).
+func setDashboardsFindings(p dashboards.FindingsProvider) {
+	dashboardsWiring.Lock()
+	dashboardsWiring.findings = p
+	dashboardsWiring.Unlock()
+}
+
+// setDashboardsActions gives the dashboards acknowledge/silence (alerting).
+func setDashboardsActions(a dashboards.Actions) {
+	dashboardsWiring.Lock()
+	dashboardsWiring.actions = a
+	dashboardsWiring.Unlock()
+}
+
+// setDashboardsCertExpiry gives the dashboards sensor certificate expiry
+// (enrolment).
+func setDashboardsCertExpiry(f dashboards.CertExpiry) {
+	dashboardsWiring.Lock()
+	dashboardsWiring.certExpiry = f
+	dashboardsWiring.Unlock()
+}
+
+// lateWired forwards to whatever was wired when a request comes.
+type lateWired struct{}
+
+func (lateWired) Findings(ctx context.Context) ([]dashboards.FindingRecord, error) {
+	dashboardsWiring.Lock()
+	p := dashboardsWiring.findings
+	dashboardsWiring.Unlock()
+	if p == nil {
+		return nil, nil
+	}
+	return p.Findings(ctx)
+}
+
+func (lateWired) actions() dashboards.Actions {
+	dashboardsWiring.Lock()
+	defer dashboardsWiring.Unlock()
+	return dashboardsWiring.actions
+}
+
+func (l lateWired) Acknowledge(ctx context.Context, id, user, note string) error {
+	a := l.actions()
+	if a == nil {
+		return dashboards.ErrNotConfigured
+	}
+	return a.Acknowledge(ctx, id, user, note)
+}
+
+func (l lateWired) Silence(ctx context.Context, id, user string, until time.Time, note string) error {
+	a := l.actions()
+	if a == nil {
+		return dashboards.ErrNotConfigured
+	}
+	return a.Silence(ctx, id, user, until, note)
+}
+
+func (lateWired) certExpiry(ctx context.Context) (map[string]time.Time, error) {
+	dashboardsWiring.Lock()
+	f := dashboardsWiring.certExpiry
+	dashboardsWiring.Unlock()
+	if f == nil {
+		return nil, nil
+	}
+	return f(ctx)
+}
+
+// stixExport writes findings as one STIX 2.1 bundle (TLP:AMBER) with the
+// objects alerting/stix makes for each finding, each object once.
+func stixExport(_ context.Context, w io.Writer, fs []*jasperv1.Finding) error {
+	m, err := stix.TLP("amber", "2.0")
+	if err != nil {
+		return err
+	}
+	objs := []stix.Object{stix.Identity(), m.Object}
+	seen := map[any]bool{objs[0]["id"]: true, objs[1]["id"]: true}
+	for _, f := range fs {
+		for _, o := range stix.Objects(f, m) {
+			if !seen[o["id"]] {
+				seen[o["id"]] = true
+				objs = append(objs, o)
+			}
+		}
+	}
+	var id [16]byte
+	_, _ = rand.Read(id[:])
+	id[6], id[8] = id[6]&0x0f|0x40, id[8]&0x3f|0x80
+	b := stix.Bundle{Type: "bundle", Objects: objs,
+		ID: fmt.Sprintf("bundle--%x-%x-%x-%x-%x", id[0:4], id[4:6], id[6:8], id[8:10], id[10:16])}
+	return json.NewEncoder(w).Encode(b)
 }
 
 // dashboardsSection is the hub's `dashboards:` section.
@@ -46,8 +155,10 @@ type rollupSection struct {
 
 // attachDashboards registers the rollups module on every hub (so all run
 // the same FSM modules) and, when dashboards.listen is set, serves the web
-// UI and API. Findings, actions, STIX and certificate expiry are not wired
-// here yet: the views show none until hub/detect and alerting are.
+// UI and API. Findings, acknowledge/silence and certificate expiry come
+// from the extensions that call setDashboardsFindings, setDashboardsActions
+// and setDashboardsCertExpiry; until then the views show none (actions
+// answer 501). STIX export uses alerting/stix.
 func attachDashboards(h *hub.Hub) error {
 	rc := rollup.DefaultConfig()
 	sec := dashboardsSection{Config: dashboards.DefaultConfig(), Source: "auto", Rollup: rollupSection{
@@ -101,7 +212,8 @@ func attachDashboards(h *hub.Hub) error {
 			return err
 		}
 	}
-	srv, err := dashboards.New(sec.Config, dashboards.Deps{Log: h.Log(), Registerer: h.Registerer(), Source: src})
+	srv, err := dashboards.New(sec.Config, dashboards.Deps{Log: h.Log(), Registerer: h.Registerer(), Source: src,
+		Findings: lateWired{}, Actions: lateWired{}, STIX: stixExport, CertExpiry: lateWired{}.certExpiry})
 	if err != nil {
 		return err
 	}
