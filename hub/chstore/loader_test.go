@@ -28,8 +28,14 @@ func TestLoaderLoadsEveryBatchOnce(t *testing.T) {
 	l.Notify()
 	waitLoaded(t, mlog, time.Minute)
 	verifyExact(t, conn, db, mlog)
-	if n := testutil.ToFloat64(l.m.checks); n != 1 {
-		t.Errorf("%v presence checks, want 1 (only after start: the first check finds nothing)", n)
+	// One check after start, which finds nothing; more only after errors
+	// (a slow machine can time an insert out).
+	errs := 0.0
+	for _, stage := range []string{"check", "rebuild", "insert", "mark"} {
+		errs += testutil.ToFloat64(l.m.errors.WithLabelValues(stage))
+	}
+	if n := testutil.ToFloat64(l.m.checks); n < 1 || (errs == 0 && n != 1) {
+		t.Errorf("%v presence checks after %v errors, want 1 when no error", n, errs)
 	}
 	if got := l.Status().LoadedIndex; got != mlog.last() {
 		t.Errorf("status loaded index %d, want %d", got, mlog.last())
@@ -117,8 +123,8 @@ func TestLoaderCrashBeforeMarkNoDuplicates(t *testing.T) {
 	l2 := newTestLoader(t, testConfig(db), src, conn)
 	waitLoaded(t, mlog, time.Minute)
 	verifyExact(t, conn, db, mlog)
-	if n := testutil.ToFloat64(l2.m.skipped.WithLabelValues(TableSensorStats)); n != float64(through) {
-		t.Errorf("restarted loader skipped %v batches in sensor_stats, want %d", n, through)
+	if n := testutil.ToFloat64(l2.m.skipped.WithLabelValues(TableSensorStats)); n < float64(through) {
+		t.Errorf("restarted loader skipped %v batches in sensor_stats, want at least the %d inserted before the crash", n, through)
 	}
 	if n := testutil.ToFloat64(l2.m.rebuilds); n == 0 {
 		t.Error("restarted loader found batches in summary but rebuilt no rollups")
@@ -207,6 +213,7 @@ func TestLoaderClickHouseDownAndBack(t *testing.T) {
 		}
 		<-done
 		// Batches committed while the server is down stay pending.
+		feed(5, 20000)
 		deadline := time.Now().Add(30 * time.Second)
 		for testutil.ToFloat64(l.m.errors.WithLabelValues("insert"))+testutil.ToFloat64(l.m.errors.WithLabelValues("check")) == errsBefore {
 			if time.Now().After(deadline) {

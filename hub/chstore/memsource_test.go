@@ -180,8 +180,8 @@ func testConfig(db string) Config {
 	cfg.PollInterval = config.Duration(20 * time.Millisecond)
 	cfg.RetryMin = config.Duration(50 * time.Millisecond)
 	cfg.RetryMax = config.Duration(500 * time.Millisecond)
-	cfg.InsertTimeout = config.Duration(2 * time.Second)
-	cfg.LeaderSettle = config.Duration(3 * time.Second)
+	cfg.InsertTimeout = config.Duration(4 * time.Second)
+	cfg.LeaderSettle = config.Duration(5 * time.Second)
 	return cfg
 }
 

@@ -77,7 +77,7 @@ GROUP BY t, src_asn, src_country`,
 func viewSelect(table, where string) string { return fmt.Sprintf(rollupSelect[table], where) }
 
 const rollupColumns = `(
-  t DateTime,
+  t DateTime('UTC'),
   sensor_id String,
   src_country String,
   protocol UInt8,
@@ -98,7 +98,7 @@ ORDER BY (t, sensor_id, src_country, protocol, dst_port, class)`
 var migrations = []migration{
 	{1, "summary, sensor_stats, minute/hour/asn rollups", []string{
 		`CREATE TABLE IF NOT EXISTS {{db}}.summary (
-  bin_start DateTime,
+  bin_start DateTime('UTC'),
   sensor_id String,
   sensor_country String,
   src_ip String,
@@ -113,8 +113,8 @@ var migrations = []migration{
   packets UInt64,
   bytes UInt64,
   dst_ips UInt32,
-  first_seen DateTime,
-  last_seen DateTime,
+  first_seen DateTime('UTC'),
+  last_seen DateTime('UTC'),
   ttl_min UInt8,
   ttl_max UInt8,
   distinct_ports UInt32,
@@ -129,7 +129,7 @@ var migrations = []migration{
 PARTITION BY toYYYYMMDD(bin_start)
 ORDER BY (bin_start, protocol, dst_port, src_ip)`,
 		`CREATE TABLE IF NOT EXISTS {{db}}.sensor_stats (
-  bin_start DateTime,
+  bin_start DateTime('UTC'),
   sensor_id String,
   sensor_country String,
   bin_seconds UInt32,
@@ -153,7 +153,7 @@ ORDER BY (bin_start, sensor_id, raft_index)`,
 		`CREATE TABLE IF NOT EXISTS {{db}}.summary_minute ` + rollupColumns,
 		`CREATE TABLE IF NOT EXISTS {{db}}.summary_hour ` + rollupColumns,
 		`CREATE TABLE IF NOT EXISTS {{db}}.summary_asn_hour (
-  t DateTime,
+  t DateTime('UTC'),
   src_asn UInt32,
   src_country String,
   packets UInt64,
@@ -195,7 +195,7 @@ func Migrate(ctx context.Context, conn driver.Conn, db string) (applied int, err
 	if err := conn.Exec(ctx, render(`CREATE TABLE IF NOT EXISTS {{db}}.schema_migrations (
   version UInt32,
   name String,
-  applied_at DateTime
+  applied_at DateTime('UTC')
 ) ENGINE = MergeTree ORDER BY version`, db)); err != nil {
 		return 0, fmt.Errorf("migrate: create schema_migrations: %w", err)
 	}
