@@ -43,9 +43,15 @@ if [ -z "$client" ]; then
   client="$(command -v clickhouse) client"
 fi
 
+# ours PID: true when PID is the server of this DIR (not a reused pid).
+ours() {
+  [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] &&
+    tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "--config-file=$dir/config.xml"
+}
+
 if [ -f "$dir/clickhouse.pid" ]; then
   old=$(cat "$dir/clickhouse.pid")
-  if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
+  if ours "$old"; then
     echo "$old"
     exit 0
   fi

@@ -13,10 +13,14 @@ if [ $# -ne 1 ]; then
   echo "usage: $0 [--kill] DIR" >&2
   exit 2
 fi
-pidfile="$1/clickhouse.pid"
+[ -d "$1" ] || exit 0
+dir=$(cd "$1" && pwd)
+pidfile="$dir/clickhouse.pid"
 [ -f "$pidfile" ] || exit 0
 pid=$(cat "$pidfile")
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+# Only signal the server of this DIR, never a process that reused the pid.
+if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] &&
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "--config-file=$dir/config.xml"; then
   kill -s "$sig" "$pid" 2>/dev/null || true
   for _ in $(seq 1 200); do
     kill -0 "$pid" 2>/dev/null || break
