@@ -277,7 +277,7 @@ func TestBrowserViews(t *testing.T) {
 
 	b.open("findings", "range=6h")
 	f := b.text("#findings-table")
-	if !strings.Contains(f, "172.31.15.102") || strings.Contains(f, "172.16.0.8") {
+	if !strings.Contains(f, "172.31.15.102") || strings.Contains(f, "172.16.0.8") || !strings.Contains(f, "masscan ×") {
 		t.Errorf("JP findings show %q", f)
 	}
 	var dosJP, dosDE string

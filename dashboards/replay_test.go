@@ -159,8 +159,9 @@ func replayFindings(m *rollup.Module, now time.Time) []FindingRecord {
 		recs = append(recs, FindingRecord{Finding: &jasperv1.Finding{Id: id, Type: typ,
 			State: jasperv1.FindingState_FINDING_STATE_CONTINUING, SrcIp: h.Addr.AsSlice(), SrcCountry: h.Country,
 			SrcAsn: h.ASN, Ports: h.Ports, Packets: h.Packets, Bytes: h.Bytes, Sensors: h.Sensors,
-			Classes:     classes(h.Classes),
-			FirstSeenMs: h.FirstSeen.UnixMilli(), LastSeenMs: min(h.LastSeen.UnixMilli(), last.UnixMilli()),
+			Fingerprints: hostFingerprints(m, h),
+			Classes:      classes(h.Classes),
+			FirstSeenMs:  h.FirstSeen.UnixMilli(), LastSeenMs: min(h.LastSeen.UnixMilli(), last.UnixMilli()),
 			DetectedAtMs: h.FirstSeen.UnixMilli(), UpdatedAtMs: last.UnixMilli(), Summary: summary}})
 	}
 	one := func(f rollup.Filter, keep func(netip.Addr, string) bool) rollup.Host {
@@ -225,6 +226,18 @@ func classes(names []string) []jasperv1.TrafficClass {
 	var out []jasperv1.TrafficClass
 	for _, n := range names {
 		out = append(out, jasperv1.TrafficClass(jasperv1.TrafficClass_value["TRAFFIC_CLASS_"+strings.ToUpper(n)]))
+	}
+	return out
+}
+
+// hostFingerprints counts a host's fingerprinted packets from the rollups
+// (the cells of its country and sensors).
+func hostFingerprints(m *rollup.Module, h rollup.Host) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, sn := range h.Sensors {
+		for _, e := range m.Top(rollup.Filter{Sensor: sn, Country: h.Country}, rollup.DimFingerprint, 0) {
+			out[e.Key] += e.Packets
+		}
 	}
 	return out
 }

@@ -316,7 +316,8 @@ const VIEW_RENDERERS = {
           el("td", {}, (f.ports || []).slice(0, 8).join(" ") + ((f.ports || []).length > 8 ? " …" : "")),
           el("td", { class: "num" }, fmt(f.packets)), el("td", { class: "num" }, fmt(f.dst_ips)),
           el("td", { class: "time" }, f.first_seen.slice(0, 16).replace("T", " ")), el("td", { class: "time" }, f.last_seen.slice(0, 16).replace("T", " ")),
-          el("td", {}, f.summary, " ", el("span", { class: "muted" }, (f.classes || []).join(" "), " · ", (f.sensors || []).join(" "))),
+          el("td", {}, f.summary, " ", el("span", { class: "muted" }, (f.classes || []).join(" "), " · ", (f.sensors || []).join(" "),
+            Object.entries(f.fingerprints || {}).map(([k, v]) => ` · ${k} ×${fmt(v)}`).join(""))),
           el("td", { class: "status-cell" }, f.acked_by ? "acked by " + f.acked_by : "", f.silenced_until ? " silenced until " + f.silenced_until.slice(0, 16).replace("T", " ") : ""),
           el("td", { class: "actions" }, el("button", { type: "button", class: "ack", onclick: () => act(f.id, "ack") }, "Acknowledge"),
             el("button", { type: "button", class: "silence", onclick: () => act(f.id, "silence") }, "Silence 24 h")))))
