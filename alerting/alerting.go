@@ -198,6 +198,22 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 	if err != nil {
 		return nil, err
 	}
+	if deps.Registerer != nil {
+		for _, c := range []prometheus.Collector{
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jasper_alerting_outbox_pending", Help: "Deliveries in the replicated outbox not yet delivered (incl. failed ones kept for the operator)."},
+				func() float64 { return float64(len(m.Deliveries(""))) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jasper_alerting_channels_disabled", Help: "Channels parked after an endpoint answered 410 Gone."},
+				func() float64 { return float64(len(m.DisabledChannels())) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "jasper_alerting_deliveries_failed_total", Help: "Deliveries given up after retry_for (replicated count)."},
+				func() float64 { return float64(m.Stats().Failed) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "jasper_alerting_findings_shed_total", Help: "Findings not held because a recipient had max_alerts_per_recipient open (replicated count)."},
+				func() float64 { return float64(m.Stats().Shed) }),
+		} {
+			if err := deps.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("alerting metrics: %w", err)
+			}
+		}
+	}
 	tx, err := taxii.New(cfg.TAXII, m, log)
 	if err != nil {
 		return nil, err

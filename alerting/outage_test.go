@@ -58,6 +58,7 @@ type rig struct {
 	dirYAML  string
 	cfg      alerting.Config
 	smtpPass string
+	regs     []*prometheus.Registry
 }
 
 func newRig(t testing.TB) *rig {
@@ -88,12 +89,14 @@ func (r *rig) build(t testing.TB, store outbox.Proposer, node string) *alerting.
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
 	a, err := alerting.New(r.cfg, alerting.Deps{Store: store, Directory: &d, Log: log, Node: node,
-		Registerer: prometheus.NewRegistry(), SMTPTLS: r.smtp.ClientTLS})
+		Registerer: reg, SMTPTLS: r.smtp.ClientTLS})
 	if err != nil {
 		t.Fatal(err)
 	}
 	log.Info("config", "cfg", r.cfg, "smtp", *r.cfg.SMTP, "directory", d, "recipient", d.Recipients[0])
+	r.regs = append(r.regs, reg)
 	return a
 }
 
@@ -240,5 +243,34 @@ func TestOutageNothingLost(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	r.check(t, n)
+	// The metrics tell the same story.
+	reg := r.regs[0]
+	if v := gather(t, reg, "jasper_alerting_outbox_pending"); v != 0 {
+		t.Fatalf("pending gauge %v", v)
+	}
+	if v := gather(t, reg, "jasper_alerting_attempts_total"); v < float64(st.Deliveries+st.Retries) {
+		t.Fatalf("attempts counter %v < %d", v, st.Deliveries+st.Retries)
+	}
 	t.Logf("%d notifications, %d deliveries, %d retries during the outage", st.Notifications, st.Deliveries, st.Retries)
+}
+
+// gather sums every series of a metric family.
+func gather(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+		return sum
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
 }
