@@ -171,12 +171,38 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 		e   Entry
 		src Sketch
 	}
-	entries := map[string]*acc{}
-	get := func(key string) *acc {
-		a := entries[key]
-		if a == nil {
-			a = &acc{e: Entry{Key: key}}
-			entries[key] = a
+	// Numeric dimensions aggregate under their number and string ones under
+	// the cell's own string: no key is built per cell.
+	byNum := map[uint64]*acc{}
+	byStr := map[string]*acc{}
+	get := func(k cellKey) *acc {
+		var a *acc
+		switch d {
+		case DimCountry, DimSensor:
+			s := k.Country
+			if d == DimSensor {
+				s = k.Sensor
+			}
+			if a = byStr[s]; a == nil {
+				a = &acc{e: Entry{Key: s}}
+				byStr[s] = a
+			}
+		default:
+			var n uint64
+			switch d {
+			case DimPort:
+				n = uint64(k.Port)
+			case DimASN:
+				n = uint64(k.ASN)
+			case DimClass:
+				n = uint64(k.Class)
+			case DimProtocol:
+				n = uint64(k.Protocol)
+			}
+			if a = byNum[n]; a == nil {
+				a = &acc{e: Entry{Key: dimKey(d, k)}}
+				byNum[n] = a
+			}
 		}
 		return a
 	}
@@ -190,21 +216,32 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 			}
 			if d == DimFingerprint {
 				for name, n := range c.Fingerprints {
-					get(name).e.Packets += n
+					a := byStr[name]
+					if a == nil {
+						a = &acc{e: Entry{Key: name}}
+						byStr[name] = a
+					}
+					a.e.Packets += n
 				}
 				continue
 			}
 			if d == DimPort && k.Protocol != 6 && k.Protocol != 17 {
 				continue
 			}
-			a := get(dimKey(d, k))
+			a := get(k)
 			a.e.Packets += c.Packets
 			a.e.Bytes += c.Bytes
 			a.src.Merge(&c.Sources)
 		}
 	}
-	out := make([]Entry, 0, len(entries))
-	for _, a := range entries {
+	out := make([]Entry, 0, len(byNum)+len(byStr))
+	for _, as := range []map[uint64]*acc{byNum} {
+		for _, a := range as {
+			a.e.Sources, a.e.SourcesExact = a.src.Count(), a.src.Exact()
+			out = append(out, a.e)
+		}
+	}
+	for _, a := range byStr {
 		if d != DimFingerprint {
 			a.e.Sources, a.e.SourcesExact = a.src.Count(), a.src.Exact()
 		}
