@@ -86,23 +86,47 @@ func (m *Module) Overview(f Filter, step time.Duration) []Point {
 		src Sketch
 	}
 	steps := map[int64]*acc{}
+	all := f.Sensor == "" && f.Country == "" && f.Protocol == 0 && !f.HasPort
+	var src Sketch
 	for start, bn := range m.bins {
 		if !f.binOK(start) {
 			continue
 		}
 		s := start - mod(start, st)
+		var classes [numClasses]uint64
+		var bytes uint64
+		matched := false
 		for k, c := range bn.Cells {
 			if !f.cellOK(k) {
 				continue
 			}
-			a := steps[s]
-			if a == nil {
-				a = &acc{p: Point{Start: time.Unix(s, 0).UTC(), Packets: map[string]uint64{}}}
-				steps[s] = a
+			matched = true
+			classes[k.Class] += c.Packets
+			bytes += c.Bytes
+			if !all {
+				src.Merge(&c.Sources)
 			}
-			a.p.Packets[ClassName(jasperv1.TrafficClass(k.Class))] += c.Packets
-			a.p.Bytes += c.Bytes
-			a.src.Merge(&c.Sources)
+		}
+		if !matched {
+			continue
+		}
+		a := steps[s]
+		if a == nil {
+			a = &acc{p: Point{Start: time.Unix(s, 0).UTC(), Packets: map[string]uint64{}}}
+			steps[s] = a
+		}
+		for c, n := range classes {
+			if n > 0 {
+				a.p.Packets[ClassName(jasperv1.TrafficClass(c))] += n
+			}
+		}
+		a.p.Bytes += bytes
+		// Without a cell filter the bin's total sketch holds every source.
+		if all {
+			a.src.Merge(&bn.Total)
+		} else {
+			a.src.Merge(&src)
+			src = Sketch{}
 		}
 	}
 	out := make([]Point, 0, len(steps))
