@@ -115,8 +115,8 @@ type Aggregator struct {
 	binStart int64 // Unix seconds
 	binNano  int64
 
-	rows    map[rowKey]uint32 // row index
-	srcs4   map[uint32]uint32 // IPv4 source → index in st4
+	table   rowTable // row key → row index
+	srcs4   srcTable // IPv4 source → index in st4
 	st4     []srcState
 	v6idx   map[[16]byte]uint32 // IPv6 source → index in v6addrs and st6
 	v6addrs [][16]byte
@@ -148,12 +148,12 @@ func NewAggregator(cfg Config, emit func(*jasperv1.Batch) error) (*Aggregator, e
 		binSec:  int64(cfg.Bin / time.Second),
 		darknet: cfg.Darknet,
 		emit:    emit,
-		rows:    make(map[rowKey]uint32, 1<<16),
-		srcs4:   make(map[uint32]uint32, 1<<16),
 		v6idx:   make(map[[16]byte]uint32),
 		ovPorts: make(map[uint32]uint32),
 	}
 	a.arena.max = cfg.MaxSketches
+	a.table.init()
+	a.srcs4.init()
 	a.batches.maxBytes = cfg.MaxBatchBytes
 	return a, nil
 }
@@ -278,9 +278,9 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 		src = binary.BigEndian.Uint32(s4[:])
 	}
 	k := packKey(src, port, info.Protocol, info.Class, info.IPv6)
-	idx, ok := a.rows[k]
+	idx, pos, ok := a.findRow(k)
 	if !ok {
-		idx, ok = a.newRow(k)
+		idx, ok = a.newRow(k, pos)
 		if !ok {
 			a.stats.RowLimitDrops++
 			return
@@ -339,28 +339,35 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 // newRow creates the row for k, or finds or creates the overflow row of
 // k's source when the source is at the port cap. It returns false when the
 // bin is full.
-func (a *Aggregator) newRow(k rowKey) (uint32, bool) {
+// pos is where findRow would put k.
+func (a *Aggregator) newRow(k rowKey, pos int) (uint32, bool) {
 	var ss *srcState
 	if k.v6() {
 		ss = &a.st6[k.src()]
 	} else {
-		si, seen := a.srcs4[k.src()]
-		if !seen {
-			if a.nrows >= a.cfg.MaxRowsPerBin {
-				return 0, false // keeps the source table bounded by the rows
+		var si uint32
+		if a.nrows >= a.cfg.MaxRowsPerBin {
+			// Only an existing overflow row can take the packet; a new
+			// source is not recorded, which keeps the source table
+			// bounded by the rows.
+			var seen bool
+			if si, seen = a.srcs4.lookup(k.src()); !seen {
+				return 0, false
 			}
-			si = uint32(len(a.st4))
-			a.st4 = append(a.st4, srcState{epoch: a.epoch})
-			a.srcs4[k.src()] = si
+		} else {
+			var seen bool
+			if si, seen = a.srcs4.get(k.src(), uint32(len(a.st4))); !seen {
+				a.st4 = append(a.st4, srcState{epoch: a.epoch})
+			}
 		}
 		ss = &a.st4[si]
 	}
 	if int(ss.rows) >= a.cfg.PortCap {
 		ok := k.overflowKey()
-		idx, found := a.rows[ok]
+		idx, opos, found := a.findRow(ok)
 		if !found {
 			var made bool
-			if idx, made = a.insert(ok, ss.epoch); !made {
+			if idx, made = a.insert(ok, opos, ss.epoch); !made {
 				return 0, false
 			}
 			a.ovPorts[idx] = uint32(len(a.ports))
@@ -369,7 +376,7 @@ func (a *Aggregator) newRow(k rowKey) (uint32, bool) {
 		// The caller adds k's port to the row's port set.
 		return idx, true
 	}
-	idx, made := a.insert(k, ss.epoch)
+	idx, made := a.insert(k, pos, ss.epoch)
 	if !made {
 		return 0, false
 	}
@@ -386,7 +393,7 @@ func (a *Aggregator) srcAddr(k rowKey) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(s >> 24), byte(s >> 16), byte(s >> 8), byte(s)})
 }
 
-func (a *Aggregator) insert(k rowKey, epoch uint16) (uint32, bool) {
+func (a *Aggregator) insert(k rowKey, pos int, epoch uint16) (uint32, bool) {
 	if a.nrows >= a.cfg.MaxRowsPerBin {
 		return 0, false
 	}
@@ -397,7 +404,7 @@ func (a *Aggregator) insert(k rowKey, epoch uint16) (uint32, bool) {
 	a.nrows++
 	r := a.row(idx)
 	*r = rowState{key: k}
-	a.rows[k] = idx
+	a.putRow(k, idx, pos)
 	if a.cfg.EarlyFlush > 0 && epoch == a.epoch {
 		a.newRows = append(a.newRows, idx)
 	}
@@ -453,8 +460,8 @@ func (a *Aggregator) addTotals() {
 
 func (a *Aggregator) reset() {
 	a.open = false
-	clear(a.rows)
-	clear(a.srcs4)
+	a.table.reset()
+	a.srcs4.reset()
 	a.st4 = a.st4[:0]
 	clear(a.v6idx)
 	a.v6addrs = a.v6addrs[:0]

@@ -263,6 +263,29 @@ func TestRowLimit(t *testing.T) {
 	}
 }
 
+// TestRowLimitKeepsOverflowRows: a full bin still folds the ports of a
+// source into its existing overflow row.
+func TestRowLimitKeepsOverflowRows(t *testing.T) {
+	cfg := summary.DefaultConfig()
+	cfg.MaxRowsPerBin, cfg.PortCap = 3, 1
+	a, c := newAgg(t, cfg)
+	add(t, a, t0, syn("203.0.113.1", "198.51.100.7", 1)) // row
+	add(t, a, t0, syn("203.0.113.1", "198.51.100.7", 2)) // overflow row
+	add(t, a, t0, syn("203.0.113.2", "198.51.100.7", 1)) // row: the bin is full
+	add(t, a, t0, syn("203.0.113.1", "198.51.100.7", 3)) // into the overflow row
+	add(t, a, t0, syn("203.0.113.3", "198.51.100.7", 1)) // dropped
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	rows := c.rows(t)
+	if len(rows) != 3 || !rows[1].Overflow || rows[1].Packets != 2 || rows[1].DistinctPorts != 2 {
+		t.Errorf("rows %+v", rows)
+	}
+	if a.Totals.RowLimitDrops != 1 || a.Totals.PacketsSummarised != 4 {
+		t.Errorf("totals %+v", a.Totals)
+	}
+}
+
 func TestBatchSizeBound(t *testing.T) {
 	cfg := summary.DefaultConfig()
 	cfg.MaxBatchBytes = 4096
