@@ -56,7 +56,7 @@ type Config struct {
 	// (ClickHouse down, raft not accepting the mark).
 	RetryMin config.Duration `yaml:"retry_min"`
 	RetryMax config.Duration `yaml:"retry_max"`
-	// InsertTimeout bounds one INSERT.
+	// InsertTimeout bounds one INSERT, and one day's rollup rebuild.
 	InsertTimeout config.Duration `yaml:"insert_timeout"`
 	// LeaderSettle is how long a loader that just became leader (or whose
 	// insert ended with an unknown outcome) waits before it checks

@@ -308,6 +308,15 @@ type stageError struct {
 }
 
 func (e stageError) Error() string { return e.stage + ": " + e.err.Error() }
+
+// asStage wraps err in a stageError unless it already is one.
+func asStage(stage string, err error) error {
+	var se stageError
+	if errors.As(err, &se) {
+		return err
+	}
+	return stageError{stage, err}
+}
 func (e stageError) Unwrap() error { return e.err }
 
 // load inserts batches (in raft index order) and marks them loaded. With
@@ -373,7 +382,7 @@ func (l *Loader) loadGroup(ctx context.Context, group []*jasperv1.CommittedBatch
 		found = len(inSummary)+len(inStats) > 0
 		if len(inSummary) > 0 {
 			if err := l.rebuildRollups(ctx, group, inSummary); err != nil {
-				return found, stageError{"rebuild", err}
+				return found, asStage("rebuild", err)
 			}
 		}
 	}
@@ -401,21 +410,29 @@ func (l *Loader) loadGroup(ctx context.Context, group []*jasperv1.CommittedBatch
 	}
 	if sb.len() > 0 {
 		if err := l.insert(ctx, TableSummary, summaryColumns, sb.columns()); err != nil {
-			return found, stageError{"insert", err}
+			return found, asStage("insert", err)
 		}
 		l.m.rows.Add(float64(sb.len()))
 		l.setStatus(func(s *Status) { s.RowsLoaded += uint64(sb.len()) })
 	}
 	if st.len() > 0 {
 		if err := l.insert(ctx, TableSensorStats, statsColumns, st.columns()); err != nil {
-			return found, stageError{"insert", err}
+			return found, asStage("insert", err)
 		}
 	}
 	return found, nil
 }
 
-// insert writes one block into table with named columns.
+// ErrNotLeader stops a load when the hub lost leadership part-way.
+var ErrNotLeader = errors.New("chstore: not the raft leader")
+
+// insert writes one block into table with named columns. It starts only
+// while this hub leads, and ends within insert_timeout: with leader_settle
+// at least that long, a new leader's check runs after it ended.
 func (l *Loader) insert(ctx context.Context, table string, names []string, cols []any) error {
+	if !l.src.IsLeader() {
+		return stageError{"leader", ErrNotLeader}
+	}
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.InsertTimeout.D())
 	defer cancel()
 	start := time.Now()
@@ -504,8 +521,16 @@ func (l *Loader) rebuildRollups(ctx context.Context, group []*jasperv1.Committed
 	}
 	for day := range days {
 		t := time.Unix(day*86400, 0).UTC()
-		if err := RebuildRollups(ctx, l.conn, l.cfg.Database, t); err != nil {
-			return err
+		// Like an insert: started only while leading, bounded by
+		// insert_timeout, so it cannot overlap a new leader's loads.
+		if !l.src.IsLeader() {
+			return stageError{"leader", ErrNotLeader}
+		}
+		rctx, cancel := context.WithTimeout(ctx, l.cfg.InsertTimeout.D())
+		err := RebuildRollups(rctx, l.conn, l.cfg.Database, t)
+		cancel()
+		if err != nil {
+			return errUncertain{err}
 		}
 		l.m.rebuilds.Inc()
 		l.log.Info("rollups_rebuilt", "day", t.Format(time.DateOnly))

@@ -359,3 +359,45 @@ func TestLoaderRetention(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// deposingSource loses leadership right after answering Pending, as a
+// leader cut off from its quorum would.
+type deposingSource struct{ *memSource }
+
+func (s deposingSource) Pending(after uint64, maxRows int) []*jasperv1.CommittedBatch {
+	out := s.memSource.Pending(after, maxRows)
+	if len(out) > 0 {
+		s.setLeader(false)
+	}
+	return out
+}
+
+// A loader that loses leadership between reading the pending batches and
+// inserting them inserts nothing: a new leader's check must not race it.
+func TestLoaderDeposedInsertsNothing(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	r := rand.New(rand.NewPCG(13, 14))
+	mlog := &memLog{}
+	mlog.append(genBatches(r, 10, 100, 1)...)
+	src := deposingSource{&memSource{log: mlog, leader: true}}
+	l := newTestLoader(t, testConfig(db), src, conn)
+	deadline := time.Now().Add(time.Minute)
+	for testutil.ToFloat64(l.m.errors.WithLabelValues("leader")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("loader never noticed it lost leadership")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopLoader(t, l)
+	var n uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM "+db+".sensor_stats").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || mlog.loadedThrough() != 0 {
+		t.Fatalf("deposed loader inserted %d batches, marked through %d", n, mlog.loadedThrough())
+	}
+	// Leadership back: everything loads.
+	newTestLoader(t, testConfig(db), &memSource{log: mlog, leader: true}, conn)
+	waitLoaded(t, mlog, time.Minute)
+	verifyExact(t, conn, db, mlog)
+}
