@@ -26,11 +26,22 @@
 // across blocks, and a native-protocol block is not re-split by the server
 // (max_insert_block_size only applies to blocks the server forms itself).
 //
-// Two fences keep a previous writer from landing an insert after that
-// check: on becoming leader (and at Start) the loader waits leader_settle,
-// which must exceed insert_timeout, the bound on any one insert of the
-// previous leader; and after an insert whose outcome is unknown (an error
-// from sending the block) it waits leader_settle again before re-checking.
+// Fencing keeps a previous writer from landing an insert after that check.
+// Every insert (and rollup rebuild) starts only while Source.IsLeader() is
+// true and is bounded by insert_timeout; a loader that becomes leader (or
+// starts) waits leader_settle, at least insert_timeout, before its first
+// check. This relies on a deposed raft leader noticing its loss before a
+// successor is elected (hashicorp/raft: LeaderLeaseTimeout below the
+// followers' election timeout, as in its defaults). After an insert whose
+// outcome is unknown (an error while sending the block: it may still land)
+// the loader also waits leader_settle before checking again. Until a check
+// finds none of its batches present, the loader keeps checking every
+// load: a new leader's FSM may not yet have applied its predecessor's last
+// marks.
+//
+// Durability: ClickHouse 18.16 does not fsync new parts, so a power loss
+// of the ClickHouse host (not a process crash or restart) can lose parts
+// already marked loaded.
 //
 // Materialized views: ClickHouse writes the block to summary first, then to
 // each view's target table, not atomically. If the server dies (or a view's
