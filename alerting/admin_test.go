@@ -316,3 +316,33 @@ func TestListenServesAdminAndTAXII(t *testing.T) {
 		}
 	}
 }
+
+// TestDashboardActions: acknowledge and silence by finding id, as the
+// dashboards call them, across every recipient holding the finding.
+func TestDashboardActions(t *testing.T) {
+	e := newAdminEnv(t)
+	ctx := t.Context()
+	f := &jasperv1.Finding{Id: "f9", Type: jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST, SrcIp: []byte{203, 0, 113, 9}, SrcCountry: "DE"}
+	e.log.Finding(f)
+	if err := e.a.Acknowledge(ctx, "nope", "ana", ""); err == nil {
+		t.Fatal("unknown finding acknowledged")
+	}
+	if err := e.a.Acknowledge(ctx, "f9", "ana", "owner informed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.a.Silence(ctx, "f9", "ana", time.Now().Add(time.Hour), "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.a.Silence(ctx, "f9", "ana", time.Now().Add(-time.Hour), ""); err == nil {
+		t.Fatal("silence ending in the past accepted")
+	}
+	sil := e.a.Module().Silences()
+	if len(sil) != 1 || sil[0].FindingID != "f9" || sil[0].CreatedBy != "ana" || sil[0].Recipient != "" {
+		t.Fatalf("silences %+v", sil)
+	}
+	// Silenced: no delivery for it.
+	e.log.Tick(time.Now().Add(time.Minute))
+	if ds := e.a.Module().Deliveries(""); len(ds) != 0 {
+		t.Fatalf("silenced finding delivered: %+v", ds)
+	}
+}

@@ -37,6 +37,7 @@ import (
 	"github.com/jasperfed/jasper/alerting/directory"
 	"github.com/jasperfed/jasper/alerting/email"
 	"github.com/jasperfed/jasper/alerting/outbox"
+	"github.com/jasperfed/jasper/alerting/route"
 	"github.com/jasperfed/jasper/alerting/taxii"
 	"github.com/jasperfed/jasper/alerting/webhook"
 	"github.com/jasperfed/jasper/internal/pki"
@@ -50,8 +51,9 @@ type Config struct {
 	RecipientsFile string              `yaml:"recipients_file"`
 	Outbox         outbox.Config       `yaml:"outbox"`
 	Worker         outbox.WorkerConfig `yaml:"worker"`
-	// SMTP relay; nil disables e-mail (deliveries wait in the outbox).
-	SMTP *email.Config `yaml:"smtp"`
+	// SMTP relay; an empty host disables e-mail (e-mail deliveries then
+	// wait in the outbox until a relay is configured).
+	SMTP email.Config `yaml:"smtp"`
 	// SMTPCAFile adds a CA to trust for the relay (besides system roots).
 	SMTPCAFile string       `yaml:"smtp_ca_file"`
 	TAXII      taxii.Config `yaml:"taxii"`
@@ -68,7 +70,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Outbox: outbox.DefaultConfig(), Worker: outbox.DefaultWorkerConfig(), TAXII: taxii.DefaultConfig(), AdminPrefix: "/api/v1/alerting/"}
+	return Config{Outbox: outbox.DefaultConfig(), Worker: outbox.DefaultWorkerConfig(), SMTP: email.DefaultConfig(), TAXII: taxii.DefaultConfig(), AdminPrefix: "/api/v1/alerting/"}
 }
 
 // Validate names the bad key.
@@ -79,7 +81,7 @@ func (c *Config) Validate() error {
 	if err := c.Worker.Validate(); err != nil {
 		return fmt.Errorf("worker.%w", err)
 	}
-	if c.SMTP != nil {
+	if c.SMTP.Host != "" {
 		if err := c.SMTP.Validate(); err != nil {
 			return fmt.Errorf("smtp.%w", err)
 		}
@@ -93,8 +95,8 @@ func (c *Config) Validate() error {
 // LogValue implements slog.LogValuer (no secrets).
 func (c Config) LogValue() slog.Value {
 	attrs := []slog.Attr{slog.String("recipients_file", c.RecipientsFile)}
-	if c.SMTP != nil {
-		attrs = append(attrs, slog.Any("smtp", *c.SMTP))
+	if c.SMTP.Host != "" {
+		attrs = append(attrs, slog.Any("smtp", c.SMTP))
 	}
 	return slog.GroupValue(attrs...)
 }
@@ -130,6 +132,7 @@ type Alerting struct {
 	taxii  *taxii.Server
 	admin  http.Handler
 	tls    pki.Files
+	store  outbox.Proposer
 
 	srv      *http.Server
 	addr     net.Addr
@@ -169,7 +172,7 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 		return nil, err
 	}
 	senders := map[string]outbox.Sender{"webhook": webhook.New(deps.HTTPClient)}
-	if cfg.SMTP != nil {
+	if cfg.SMTP.Host != "" {
 		tc := deps.SMTPTLS
 		if tc == nil {
 			tc = &tls.Config{ServerName: cfg.SMTP.Host, MinVersion: tls.VersionTLS12}
@@ -188,7 +191,7 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 				tc.RootCAs = pool
 			}
 		}
-		s, err := email.New(*cfg.SMTP, tc)
+		s, err := email.New(cfg.SMTP, tc)
 		if err != nil {
 			return nil, err
 		}
@@ -227,7 +230,7 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 			return nil, fmt.Errorf("alerting listen: %w", err)
 		}
 	}
-	a := &Alerting{cfg: cfg, log: log.With("component", "alerting"), module: m, worker: w, taxii: tx, tls: deps.TLS}
+	a := &Alerting{cfg: cfg, log: log.With("component", "alerting"), module: m, worker: w, taxii: tx, tls: deps.TLS, store: deps.Store}
 	a.admin = newAdmin(cfg.AdminPrefix, m, deps.Store, auth, a.log)
 	return a, nil
 }
@@ -315,3 +318,27 @@ func (a *Alerting) TAXIIHandler() http.Handler { return a.taxii }
 
 // AdminHandler serves the admin API under cfg.AdminPrefix.
 func (a *Alerting) AdminHandler() http.Handler { return a.admin }
+
+// Acknowledge acknowledges a finding for every recipient holding it (no
+// more reminders); user and note go to the log. With Silence it makes
+// *Alerting a dashboards.Actions.
+func (a *Alerting) Acknowledge(ctx context.Context, findingID, user, note string) error {
+	_, err := a.store.Propose(ctx, a.module.Name(), outbox.Encode(outbox.Command{Op: outbox.OpAck, Ack: &outbox.AckCommand{FindingID: findingID, By: user}}))
+	if err != nil {
+		return fmt.Errorf("acknowledge %s: %w", findingID, err)
+	}
+	a.log.Info("finding_acknowledged", "finding", findingID, "by", user, "note", note)
+	return nil
+}
+
+// Silence mutes a finding for every recipient until the given time.
+func (a *Alerting) Silence(ctx context.Context, findingID, user string, until time.Time, note string) error {
+	s := &route.Silence{ID: newID(), FindingID: findingID, StartsMs: time.Now().UnixMilli(), EndsMs: until.UnixMilli(), CreatedBy: user, Comment: note}
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("silence %s: %w", findingID, err)
+	}
+	if _, err := a.store.Propose(ctx, a.module.Name(), outbox.Encode(outbox.Command{Op: outbox.OpPutSilence, Silence: s})); err != nil {
+		return fmt.Errorf("silence %s: %w", findingID, err)
+	}
+	return nil
+}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/jasperfed/jasper/alerting"
 	"github.com/jasperfed/jasper/alerting/directory"
-	"github.com/jasperfed/jasper/alerting/email"
 	"github.com/jasperfed/jasper/alerting/internal/hooktest"
 	"github.com/jasperfed/jasper/alerting/internal/memraft"
 	"github.com/jasperfed/jasper/alerting/internal/smtptest"
@@ -74,11 +73,11 @@ recipients:
 	cfg.Worker.BackoffBase = directory.Duration(50 * time.Millisecond)
 	cfg.Worker.BackoffMax = directory.Duration(300 * time.Millisecond)
 	cfg.Worker.SendTimeout = directory.Duration(3 * time.Second)
-	sc := email.DefaultConfig()
+	sc := cfg.SMTP
 	sc.Host, sc.Port, sc.From = "127.0.0.1", r.smtp.Port(), "alerts@jasper.example"
 	sc.Username, sc.Password = r.smtp.User, directory.Secret(r.smtp.Password)
 	sc.Timeout = directory.Duration(3 * time.Second)
-	cfg.SMTP = &sc
+	cfg.SMTP = sc
 	r.cfg = cfg
 	return r
 }
@@ -95,7 +94,7 @@ func (r *rig) build(t testing.TB, store outbox.Proposer, node string) *alerting.
 	if err != nil {
 		t.Fatal(err)
 	}
-	log.Info("config", "cfg", r.cfg, "smtp", *r.cfg.SMTP, "directory", d, "recipient", d.Recipients[0])
+	log.Info("config", "cfg", r.cfg, "smtp", r.cfg.SMTP, "directory", d, "recipient", d.Recipients[0])
 	r.regs = append(r.regs, reg)
 	return a
 }

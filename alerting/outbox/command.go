@@ -39,7 +39,8 @@ type Command struct {
 	Channel   *ChannelRef          `json:"channel,omitempty"`
 }
 
-// AckCommand acknowledges a finding for a recipient: no more reminders.
+// AckCommand acknowledges a finding for a recipient (every recipient
+// holding it when Recipient is empty): no more reminders.
 type AckCommand struct {
 	Recipient string `json:"recipient"`
 	FindingID string `json:"finding_id"`
@@ -132,8 +133,8 @@ func (c *Command) validate() error {
 		}
 		return c.Silence.Validate()
 	case OpAck:
-		if c.Ack == nil || c.Ack.Recipient == "" || c.Ack.FindingID == "" {
-			return errors.New("ack: recipient and finding_id required")
+		if c.Ack == nil || c.Ack.FindingID == "" {
+			return errors.New("ack: finding_id required")
 		}
 	case OpAttempt:
 		a := c.Attempt

@@ -466,10 +466,16 @@ func (m *Module) Apply(index uint64, payload []byte) (any, error) {
 		m.sil = m.sil[:0]
 		m.wakeAll()
 	case OpAck:
-		g := m.st.Groups[c.Ack.Recipient]
-		if g == nil || !g.Ack(c.Ack.FindingID) {
+		n := 0
+		for _, id := range sortedKeys(m.st.Groups) {
+			if (c.Ack.Recipient == "" || c.Ack.Recipient == id) && m.st.Groups[id].Ack(c.Ack.FindingID) {
+				n++
+			}
+		}
+		if n == 0 {
 			return nil, fmt.Errorf("finding %q of %q: %w", c.Ack.FindingID, c.Ack.Recipient, ErrNotFound)
 		}
+		return n, nil
 	case OpAttempt:
 		return m.attempt(c.Attempt)
 	case OpEnableChannel:
