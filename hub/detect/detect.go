@@ -347,6 +347,10 @@ func (d *Detector) infectedRow(r *row, sensor string) {
 	h, created := st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
 	if created {
 		st.stats.HostsEvicted = st.hosts.evicted
+		// A host evicted while its finding stayed open comes back to it.
+		if of := st.open[subjectKey("ih|", &r.key)]; of != nil {
+			h.finding = of.f.Id
+		}
 	}
 	if h.finding == "" && h.ev.packets > 0 && r.t0 > h.winStart+d.cfg.Infected.Window.Milliseconds() {
 		h.ev.reset() // the window expired without reaching the thresholds
@@ -389,13 +393,20 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 		default:
 			why = fmt.Sprintf("sent %d packets to %d distinct ports of dark addresses", h.ev.packets, h.ev.portsEst)
 		}
+		if fp == "" && len(h.ev.fps) > 0 {
+			var names []string
+			for _, c := range h.ev.fps {
+				names = append(names, fmt.Sprintf("%s %d", c.name, c.n))
+			}
+			why += " (fingerprints: " + strings.Join(names, ", ") + ")"
+		}
 		a := netip.AddrFrom16(h.key).Unmap()
 		f := &jasperv1.Finding{
 			Type:    jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST,
 			SrcIp:   a.AsSlice(),
 			Summary: fmt.Sprintf("%s (%s AS%d) %s: almost surely infected", a, orUnknown(h.country), h.asn, why),
 		}
-		d.raise(index, "ih|"+string(h.key[:]), f, h.ev.last)
+		d.raise(index, subjectKey("ih|", &h.key), f, h.ev.last)
 		h.finding = f.Id
 	}
 	of := st.byID[h.finding]
@@ -410,6 +421,15 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 	if ob != nil && h.country != "" && d.cfg.CountrySurge.Enabled {
 		ob.add(&ob.cc, h.country, keyHash(h.key), h.country, sensor, d.cfg, &st.stats)
 	}
+}
+
+// subjectKey is the open-findings key of a host subject; the compiler
+// does not allocate for the map lookup of the converted bytes.
+func subjectKey(prefix string, k *addrKey) string {
+	var b [19]byte
+	copy(b[:3], prefix)
+	copy(b[3:], k[:])
+	return string(b[:])
 }
 
 func fpPackets(fps []fpCount, name string) uint64 {
@@ -434,6 +454,9 @@ func (d *Detector) dosRow(r *row, sensor string) {
 	v, created := st.victims.touch(r.key, d.cfg.DoS.MaxVictims)
 	if created {
 		st.stats.VictimsEvicted = st.victims.evicted
+		if of := st.open[subjectKey("dv|", &r.key)]; of != nil {
+			v.finding = of.f.Id
+		}
 	}
 	if v.ev.packets > 0 && r.t0 > v.ev.last+d.cfg.DoS.FlowTimeout.Milliseconds() {
 		// A new attack: the previous one ended with the silence.
@@ -476,7 +499,7 @@ func (d *Detector) judgeVictim(index uint64, v *subject) {
 			Summary: fmt.Sprintf("%s (%s AS%d) sent %d backscatter packets over %s (up to %d in a minute): a DoS victim answering spoofed packets",
 				a, orUnknown(v.country), v.asn, v.ev.packets, time.Duration(v.ev.last-v.ev.first)*time.Millisecond, v.maxMinute),
 		}
-		d.raise(index, "dv|"+string(v.key[:]), f, v.ev.last)
+		d.raise(index, subjectKey("dv|", &v.key), f, v.ev.last)
 		v.finding = f.Id
 	}
 	of := d.st.byID[v.finding]
@@ -743,6 +766,14 @@ func (d *Detector) Stats() Stats {
 	s.HostsEvicted, s.VictimsEvicted = d.st.hosts.evicted, d.st.victims.evicted
 	s.SeriesEvicted = d.st.ports.evicted + d.st.fps.evicted + d.st.countries.evicted
 	return s
+}
+
+// Tracked returns how many candidate infected hosts and backscatter
+// sources (candidate DoS victims) the detectors hold.
+func (d *Detector) Tracked() (hosts, victims int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.st.hosts.l.Len(), d.st.victims.l.Len()
 }
 
 const snapshotMagic = "jasper-detect-v1"

@@ -234,3 +234,27 @@ func TestEndCommand(t *testing.T) {
 		t.Error("bad json accepted")
 	}
 }
+
+// TestEvictedHostKeepsItsFinding: a host evicted from the LRU while its
+// finding is open comes back to the same finding (no second open finding
+// for one subject).
+func TestEvictedHostKeepsItsFinding(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.MaxHosts = 2
+	d := mustNew(t, cfg)
+	f := newFeed(t, d)
+	bin := t0.Unix()
+	f.send(f.batch("s1", bin, r{src: "45.0.0.1", port: 23, fps: map[string]uint64{"mirai": 1}}))
+	id := f.found[0].Id
+	f.send(f.batch("s1", bin, r{src: "45.0.0.2", port: 23}, r{src: "45.0.0.3", port: 23}))
+	f.send(f.batch("s1", bin+600, r{src: "45.0.0.1", port: 23, packets: 3}))
+	open := d.Findings(Filter{States: []jasperv1.FindingState{jasperv1.FindingState_FINDING_STATE_NEW, jasperv1.FindingState_FINDING_STATE_CONTINUING}})
+	if len(open) != 1 || open[0].Id != id || open[0].State != jasperv1.FindingState_FINDING_STATE_CONTINUING {
+		t.Fatalf("open findings %v", open)
+	}
+	// It still ends after the quiet period, and frees the subject.
+	f.tick(time.Unix(bin+600+31*60, 0))
+	if n := len(d.Findings(Filter{States: []jasperv1.FindingState{jasperv1.FindingState_FINDING_STATE_ENDED}})); n != 1 {
+		t.Errorf("%d ended findings, want 1", n)
+	}
+}

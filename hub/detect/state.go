@@ -278,44 +278,93 @@ func (s *subject) decode(d *dec) {
 }
 
 // lru holds subjects, most recently seen first; at the cap the least
-// recently seen is evicted.
+// recently seen is evicted. IPv4 subjects are indexed by a uint32 key (the
+// map's fast path), IPv6 ones by the 16 bytes.
 type lru struct {
-	m       map[addrKey]*list.Element
+	m4      map[uint32]*list.Element
+	m6      map[addrKey]*list.Element
 	l       *list.List
 	evicted uint64
 }
 
-func newLRU() lru { return lru{m: map[addrKey]*list.Element{}, l: list.New()} }
+func newLRU() lru {
+	return lru{m4: map[uint32]*list.Element{}, m6: map[addrKey]*list.Element{}, l: list.New()}
+}
+
+// v4 reports whether k is an IPv4-mapped key, and its IPv4 value.
+func (k *addrKey) v4() (uint32, bool) {
+	if k[10] == 0xff && k[11] == 0xff && k[0]|k[1]|k[2]|k[3]|k[4]|k[5]|k[6]|k[7]|k[8]|k[9] == 0 {
+		return uint32(k[12])<<24 | uint32(k[13])<<16 | uint32(k[14])<<8 | uint32(k[15]), true
+	}
+	return 0, false
+}
+
+func (c *lru) lookup(k addrKey) *list.Element {
+	if v, ok := k.v4(); ok {
+		return c.m4[v]
+	}
+	return c.m6[k]
+}
+
+func (c *lru) put(k addrKey, e *list.Element) {
+	if v, ok := k.v4(); ok {
+		c.m4[v] = e
+	} else {
+		c.m6[k] = e
+	}
+}
+
+func (c *lru) del(k addrKey) {
+	if v, ok := k.v4(); ok {
+		delete(c.m4, v)
+	} else {
+		delete(c.m6, k)
+	}
+}
 
 func (c *lru) get(k addrKey) *subject {
-	if e := c.m[k]; e != nil {
+	if e := c.lookup(k); e != nil {
 		return e.Value.(*subject)
 	}
 	return nil
 }
 
 // touch returns the subject for k, created if needed, and marks it most
-// recent. It evicts the oldest beyond capacity.
+// recent. At capacity the least recent subject is evicted and its memory
+// reused.
 func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
-	if e := c.m[k]; e != nil {
+	if e := c.lookup(k); e != nil {
 		c.l.MoveToFront(e)
 		return e.Value.(*subject), false
 	}
-	for c.l.Len() >= capacity {
+	for c.l.Len() > capacity {
 		old := c.l.Back()
 		c.l.Remove(old)
-		delete(c.m, old.Value.(*subject).key)
+		c.del(old.Value.(*subject).key)
 		c.evicted++
 	}
+	if c.l.Len() == capacity {
+		e := c.l.Back()
+		s := e.Value.(*subject)
+		c.del(s.key)
+		c.evicted++
+		ev := s.ev
+		*s = subject{key: k}
+		// Keep the evidence slices' memory.
+		s.ev.ports, s.ev.fps, s.ev.sensors, s.ev.dst.slots = ev.ports[:0], ev.fps[:0], ev.sensors[:0], ev.dst.slots[:0]
+		c.l.MoveToFront(e)
+		c.put(k, e)
+		return s, true
+	}
 	s := &subject{key: k}
-	c.m[k] = c.l.PushFront(s)
+	c.put(k, c.l.PushFront(s))
 	return s, true
 }
 
 func (c *lru) remove(k addrKey) {
-	if e := c.m[k]; e != nil {
+	if e := c.lookup(k); e != nil {
 		c.l.Remove(e)
-		delete(c.m, k)
+		c.del(k)
 	}
 }
 
@@ -332,7 +381,7 @@ func (c *lru) sweep(cutoff int64) {
 		case s.finding != "":
 		case s.ev.last < cutoff:
 			c.l.Remove(e)
-			delete(c.m, s.key)
+			c.del(s.key)
 		default:
 			return
 		}
@@ -355,10 +404,10 @@ func (c *lru) decode(d *dec) {
 	for i := 0; i < n && d.err == nil; i++ {
 		s := &subject{}
 		s.decode(d)
-		if _, dup := c.m[s.key]; dup {
+		if c.lookup(s.key) != nil {
 			d.fail(errSnapshot)
 			return
 		}
-		c.m[s.key] = c.l.PushFront(s)
+		c.put(s.key, c.l.PushFront(s))
 	}
 }

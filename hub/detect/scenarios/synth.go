@@ -311,6 +311,11 @@ func (g *generator) next() ([]synthPacket, bool) {
 			g.emit(t, v, proto, uint16(1024+g.rng.IntN(60000)), cls, 0, it)
 		}
 	}
-	slices.SortStableFunc(g.buf, func(a, b synthPacket) int { return a.at.Compare(b.at) })
+	slices.SortFunc(g.buf, func(a, b synthPacket) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return a.info.Src.Compare(b.info.Src)
+	})
 	return g.buf, true
 }
