@@ -134,6 +134,7 @@ type Aggregator struct {
 	flushDue int64 // Unix nanoseconds of the next early flush (event time)
 
 	batches batchBuilder
+	sink    uint64 // keeps Prefetch's loads alive
 	// Totals are the counters summed over every bin so far.
 	Totals Stats
 }
@@ -248,16 +249,48 @@ func (a *Aggregator) row(i uint32) *rowState {
 	return &a.chunks[i/rowChunk][i%rowChunk]
 }
 
-func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
-	var port uint16
+// rowPort is the port part of a packet's row key.
+func rowPort(info *packet.Info) uint16 {
 	if !info.Fragment {
 		switch info.Protocol {
 		case packet.ProtoTCP, packet.ProtoUDP:
-			port = info.DstPort
+			return info.DstPort
 		case packet.ProtoICMP, packet.ProtoICMPv6:
-			port = uint16(info.ICMPType)<<8 | uint16(info.ICMPCode)
+			return uint16(info.ICMPType)<<8 | uint16(info.ICMPCode)
 		}
 	}
+	return 0
+}
+
+// Prefetch touches the table entries and rows that the IPv4 packets of a
+// block will need, so that their cache misses overlap (the loads are
+// independent) instead of stalling one packet at a time in Add. It changes
+// nothing; calling Add without it gives the same result, only slower.
+func (a *Aggregator) Prefetch(res []packet.Result, infos []packet.Info) {
+	var sink uint64
+	rows := a.table.slots
+	rmask := uint64(len(rows) - 1)
+	srcs := a.srcs4.slots
+	smask := uint64(len(srcs) - 1)
+	for i := range infos {
+		info := &infos[i]
+		if res[i] != packet.OK || info.IPv6 {
+			continue
+		}
+		s4 := info.Src.As4()
+		src := binary.BigEndian.Uint32(s4[:])
+		k := packKey(src, rowPort(info), info.Protocol, info.Class, false)
+		e := rows[mix64(uint64(k))&rmask]
+		sink += e + srcs[mix64(uint64(src))&smask]
+		if idx := uint32(e); e != 0 && int(idx) < a.nrows {
+			sink += uint64(a.row(idx).key)
+		}
+	}
+	a.sink += sink
+}
+
+func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
+	port := rowPort(info)
 	var src uint32
 	if info.IPv6 {
 		addr := info.Src.As16()

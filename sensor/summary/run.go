@@ -8,7 +8,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/google/gopacket"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+
 	"github.com/jasperfed/jasper/sensor/capture"
 	"github.com/jasperfed/jasper/sensor/packet"
 )
@@ -65,7 +67,6 @@ func run(ctx context.Context, src capture.Source, cfg Config, emit func(*jasperv
 		live = l.Live()
 	}
 	var (
-		info       packet.Info
 		lastFlush  = time.Now()
 		sinceCheck int
 	)
@@ -91,35 +92,57 @@ func run(ctx context.Context, src capture.Source, cfg Config, emit func(*jasperv
 		}
 		return nil
 	}
+	// Frames are decoded a block at a time so that the aggregator can
+	// prefetch the block's rows (see Aggregator.Prefetch).
+	const block = 16
+	var (
+		infos [block]packet.Info
+		res   [block]packet.Result
+		tss   [block]time.Time
+	)
 	for {
-		data, ci, err := src.ReadPacket()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				if err := agg.Flush(); err != nil {
-					return agg.Totals, err
-				}
-				return agg.Totals, nil
+		n := 0
+		var err error
+		for n < block {
+			var data []byte
+			var ci gopacket.CaptureInfo
+			if data, ci, err = src.ReadPacket(); err != nil {
+				break
 			}
-			if isTimeout(err) {
-				live = true
-				if err := check(); err != nil {
-					return agg.Totals, err
-				}
-				continue
-			}
-			if ferr := agg.Flush(); ferr != nil {
-				return agg.Totals, errors.Join(err, ferr)
-			}
-			return agg.Totals, fmt.Errorf("summarise: %w", err)
+			res[n] = dec.Decode(data, &infos[n])
+			tss[n] = ci.Timestamp
+			n++
 		}
-		r := dec.Decode(data, &info)
-		if err := agg.Add(ci.Timestamp, r, &info); err != nil {
-			return agg.Totals, err
+		agg.Prefetch(res[:n], infos[:n])
+		for i := range n {
+			if err := agg.Add(tss[i], res[i], &infos[i]); err != nil {
+				return agg.Totals, err
+			}
 		}
-		if sinceCheck++; sinceCheck >= checkEvery {
+		if sinceCheck += n; sinceCheck >= checkEvery {
 			if err := check(); err != nil {
 				return agg.Totals, err
 			}
 		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			if err := agg.Flush(); err != nil {
+				return agg.Totals, err
+			}
+			return agg.Totals, nil
+		}
+		if isTimeout(err) {
+			live = true
+			if err := check(); err != nil {
+				return agg.Totals, err
+			}
+			continue
+		}
+		if ferr := agg.Flush(); ferr != nil {
+			return agg.Totals, errors.Join(err, ferr)
+		}
+		return agg.Totals, fmt.Errorf("summarise: %w", err)
 	}
 }
