@@ -2,6 +2,7 @@ package summary_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -115,4 +116,38 @@ func BenchmarkPipelineFresh(b *testing.B) {
 		}
 	}
 	_ = a.Flush()
+}
+
+// BenchmarkRun is the whole pipeline as Run drives it on a capture file:
+// read, decode, classify, aggregate, seal and marshal-ready batches. It
+// reports ns per packet.
+func BenchmarkRun(b *testing.B) {
+	cfg := synth.DefaultConfig()
+	cfg.Packets = 200_000
+	cfg.Sources = 10_000
+	g, err := synth.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := g.WriteTo(&buf); err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "s.pcap")
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		src, err := capture.OpenFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := summary.Run(context.Background(), src, summary.DefaultConfig(), func(*jasperv1.Batch) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+		src.Close()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*cfg.Packets), "ns/packet")
 }
