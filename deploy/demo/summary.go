@@ -4,18 +4,27 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 )
 
 // Summary is what `jasper demo --headless` prints at the end.
 type Summary struct {
-	// Findings counts the findings the dashboard API shows, by type.
-	Findings      map[string]int `json:"findings"`
-	FindingsTotal int            `json:"findings_total"`
+	// Findings counts the findings the dashboard API shows, by type
+	// (FindingsSource "dashboard"); when the dashboard shows none, the
+	// distinct findings named in the webhooks received ("webhooks").
+	Findings       map[string]int `json:"findings"`
+	FindingsTotal  int            `json:"findings_total"`
+	FindingsSource string         `json:"findings_source"`
+	// AlertedFindings counts the distinct findings named in the webhooks
+	// received, by type.
+	AlertedFindings map[string]int `json:"alerted_findings"`
 	// Deliveries counts what arrived, by channel: e-mails in the demo
 	// mailbox, distinct webhook deliveries with a valid signature.
 	Deliveries      map[string]int `json:"deliveries"`
 	WebhookRejected int            `json:"webhook_rejected"`
+	// DeliveriesByRecipient splits Deliveries by recipient id (cert-jp...).
+	DeliveriesByRecipient map[string]map[string]int `json:"deliveries_by_recipient"`
 	// DashboardOK: the dashboard answered authenticated API requests with
 	// traffic data.
 	DashboardOK    bool   `json:"dashboard_ok"`
@@ -46,18 +55,47 @@ type SensorSummary struct {
 }
 
 // Summary collects the figures from the running demo (before Stop).
-func (d *Demo) Summary(ctx context.Context) Summary {
-	s := Summary{Findings: map[string]int{}, Deliveries: map[string]int{}, Hubs: len(d.hubs), Storage: d.storage,
+func (d *Demo) Summary(ctx context.Context) (s Summary) {
+	s = Summary{Findings: map[string]int{}, Deliveries: map[string]int{}, Hubs: len(d.hubs), Storage: d.storage,
 		Geo: d.geo.Kind, URL: d.frontURL, RunSeconds: time.Since(d.t0).Seconds(), FirstAlertSeconds: d.FirstAlert().Seconds()}
 	for _, e := range d.deps.Extensions {
 		s.Extensions = append(s.Extensions, e.Name)
 	}
+	s.DeliveriesByRecipient = map[string]map[string]int{}
+	count := func(rcpt, channel string) {
+		if s.DeliveriesByRecipient[rcpt] == nil {
+			s.DeliveriesByRecipient[rcpt] = map[string]int{}
+		}
+		s.DeliveriesByRecipient[rcpt][channel]++
+	}
 	if d.mail != nil {
 		s.Deliveries["email"] = d.mail.Count()
+		for _, m := range d.mail.Messages() {
+			for _, to := range m.To {
+				local, _, _ := strings.Cut(to, "@")
+				count(local, "email")
+			}
+		}
+	}
+	if d.hooks != nil {
+		for _, h := range d.hooks.Hooks() {
+			count(h.Recipient, "webhook")
+		}
 	}
 	if d.hooks != nil {
 		s.Deliveries["webhook"], s.WebhookRejected = d.hooks.Count()
+		s.AlertedFindings = d.hooks.Findings()
 	}
+	defer func() {
+		s.FindingsSource = "dashboard"
+		if len(s.Findings) == 0 && len(s.AlertedFindings) > 0 {
+			s.Findings, s.FindingsSource = s.AlertedFindings, "webhooks"
+		}
+		s.FindingsTotal = 0
+		for _, n := range s.Findings {
+			s.FindingsTotal += n
+		}
+	}()
 	if st, err := d.hubStatus(ctx); err != nil {
 		s.Errors = append(s.Errors, "hub status: "+err.Error())
 	} else {
@@ -116,9 +154,6 @@ func (d *Demo) Summary(ctx context.Context) Summary {
 		for _, f := range ew.Surges {
 			s.Findings[f.Type]++
 		}
-	}
-	for _, n := range s.Findings {
-		s.FindingsTotal += n
 	}
 	return s
 }

@@ -49,6 +49,8 @@ type WebhookReceiver struct {
 	byID     map[string]int // webhook-id -> index in hooks (while kept)
 	unique   int
 	rejected int
+	// findings: distinct finding ids named in the events, by type.
+	findings map[string]map[string]bool
 }
 
 // StartWebhookReceiver listens on addr; secrets are the recipients'
@@ -58,7 +60,7 @@ func StartWebhookReceiver(addr string, secrets map[string]directory.Secret) (*We
 	if err != nil {
 		return nil, fmt.Errorf("webhook receiver: %w", err)
 	}
-	w := &WebhookReceiver{addr: ln.Addr().String(), secrets: secrets, byID: map[string]int{}}
+	w := &WebhookReceiver{addr: ln.Addr().String(), secrets: secrets, byID: map[string]int{}, findings: map[string]map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /hooks/{recipient}", w.receive)
 	w.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
@@ -84,6 +86,18 @@ func (w *WebhookReceiver) Count() (verified, rejected int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.unique, w.rejected
+}
+
+// Findings counts the distinct findings the verified webhooks named, by
+// finding type.
+func (w *WebhookReceiver) Findings() map[string]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]int{}
+	for t, ids := range w.findings {
+		out[t] = len(ids)
+	}
+	return out
 }
 
 // Stop closes the server, waiting up to ctx for requests in flight.
@@ -119,10 +133,21 @@ func (w *WebhookReceiver) receive(rw http.ResponseWriter, r *http.Request) {
 		} `json:"data"`
 		Objects []json.RawMessage `json:"objects"` // a STIX bundle
 	}
+	type ev struct {
+		ID   string `json:"extra.finding_id"`
+		Type string `json:"extra.finding_type"`
+	}
+	var evs []ev
 	if json.Unmarshal(body, &p) == nil {
 		h.Type, h.Ticket, h.Events = p.Type, p.Data.Ticket, len(p.Data.Events)
 		if p.Type == "bundle" {
 			h.Events = len(p.Objects)
+		}
+		for _, raw := range p.Data.Events {
+			var e ev
+			if json.Unmarshal(raw, &e) == nil && e.ID != "" {
+				evs = append(evs, e)
+			}
 		}
 	}
 	var ind bytes.Buffer
@@ -132,6 +157,12 @@ func (w *WebhookReceiver) receive(rw http.ResponseWriter, r *http.Request) {
 		h.Body = cut(strings.ToValidUTF8(string(body), "?"), 16<<10)
 	}
 	w.mu.Lock()
+	for _, e := range evs {
+		if w.findings[e.Type] == nil {
+			w.findings[e.Type] = map[string]bool{}
+		}
+		w.findings[e.Type][e.ID] = true
+	}
 	if i, seen := w.byID[h.ID]; seen && h.ID != "" {
 		w.hooks[i].Repeat++
 	} else {
