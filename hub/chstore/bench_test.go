@@ -83,7 +83,8 @@ func BenchmarkLoader(b *testing.B) {
 	cfg.PollInterval = config.Duration(time.Millisecond)
 	cfg.InsertTimeout = config.Duration(time.Minute)
 	cfg.LeaderSettle = config.Duration(time.Minute)
-	l, err := NewLoader(cfg, src, conn, promRegistry(), slog.New(slog.DiscardHandler))
+	reg := promRegistry()
+	l, err := NewLoader(cfg, src, conn, reg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -115,6 +116,14 @@ func BenchmarkLoader(b *testing.B) {
 		elapsed += time.Since(start)
 	}
 	b.ReportMetric(float64(benchBatches*benchBatchRows*b.N)/elapsed.Seconds(), "rows/s")
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "jasper_loader_insert_seconds" {
+			for _, m := range mf.Metric {
+				b.Logf("%v count %d sum %.3f", m.Label, m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum())
+			}
+		}
+	}
 }
 
 func waitLoadedB(b *testing.B, m *memLog) {

@@ -388,6 +388,11 @@ func (l *Loader) loadGroup(ctx context.Context, group []*jasperv1.CommittedBatch
 	}
 	var sb summaryBlock
 	var st statsBlock
+	total := 0
+	for _, cb := range group {
+		total += batchRows(cb)
+	}
+	sb.grow(total)
 	for _, cb := range group {
 		rows := batchRows(cb)
 		if err := checkRows(cb.GetBatch().GetRows()); err != nil {

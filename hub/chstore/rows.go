@@ -3,6 +3,7 @@ package chstore
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,6 +45,37 @@ type summaryBlock struct {
 }
 
 func (b *summaryBlock) len() int { return len(b.raftIndex) }
+
+// grow makes room for n more rows in every column.
+func (b *summaryBlock) grow(n int) {
+	b.binStart = slices.Grow(b.binStart, n)
+	b.sensorID = slices.Grow(b.sensorID, n)
+	b.sensorCountry = slices.Grow(b.sensorCountry, n)
+	b.srcIP = slices.Grow(b.srcIP, n)
+	b.srcCountry = slices.Grow(b.srcCountry, n)
+	b.srcASN = slices.Grow(b.srcASN, n)
+	b.srcLabel = slices.Grow(b.srcLabel, n)
+	b.protocol = slices.Grow(b.protocol, n)
+	b.dstPort = slices.Grow(b.dstPort, n)
+	b.icmpType = slices.Grow(b.icmpType, n)
+	b.icmpCode = slices.Grow(b.icmpCode, n)
+	b.class = slices.Grow(b.class, n)
+	b.packets = slices.Grow(b.packets, n)
+	b.bytes = slices.Grow(b.bytes, n)
+	b.dstIPs = slices.Grow(b.dstIPs, n)
+	b.firstSeen = slices.Grow(b.firstSeen, n)
+	b.lastSeen = slices.Grow(b.lastSeen, n)
+	b.ttlMin = slices.Grow(b.ttlMin, n)
+	b.ttlMax = slices.Grow(b.ttlMax, n)
+	b.distinctPorts = slices.Grow(b.distinctPorts, n)
+	b.overflow = slices.Grow(b.overflow, n)
+	b.fragments = slices.Grow(b.fragments, n)
+	b.fpMirai = slices.Grow(b.fpMirai, n)
+	b.fpZmap = slices.Grow(b.fpZmap, n)
+	b.fpMasscan = slices.Grow(b.fpMasscan, n)
+	b.raftIndex = slices.Grow(b.raftIndex, n)
+	b.seq = slices.Grow(b.seq, n)
+}
 
 func (b *summaryBlock) columns() []any {
 	return []any{
