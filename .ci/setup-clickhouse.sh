@@ -3,7 +3,18 @@
 # deploy/clickhouse/start.sh, exports JASPER_TEST_CLICKHOUSE for the tests and
 # registers its stop in CI_CLEANUP.
 echo "-- installing clickhouse-server clickhouse-client"
-apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >/dev/null; then
+  # The package's postinst starts the system service unless policy-rc.d
+  # forbids it; CI wants only its private server.
+  jasper_ch_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    jasper_ch_policy=1
+  fi
+  apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  if [ -n "$jasper_ch_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
 JASPER_CH_DIR=$(mktemp -d /tmp/jasper-ci-clickhouse.XXXXXX)
 JASPER_CH_PORT=${JASPER_CH_PORT:-19000}
 JASPER_CH_HTTP_PORT=${JASPER_CH_HTTP_PORT:-18123}
