@@ -413,3 +413,38 @@ func TestRunOnCapture(t *testing.T) {
 		t.Errorf("%d sources", len(srcs))
 	}
 }
+
+// TestRunDarknetOnCapture: the DNS amplification capture sends 4,397 IPv4
+// packets to 10.10.10.10 and 15 IPv6 packets, 12 of them to
+// 2a01:4f8:221:17d3::2 (counted with tshark -T fields -e ip.dst -e ipv6.dst).
+func TestRunDarknetOnCapture(t *testing.T) {
+	src, err := capture.OpenFile(filepath.Join("..", "testdata", "pcaps", "stopddos__amp.dns.RRSIG.fragmented.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	cfg := summary.DefaultConfig()
+	cfg.Darknet = []netip.Prefix{netip.MustParsePrefix("10.10.10.0/24"), netip.MustParsePrefix("2a01:4f8:221:17d3::/64")}
+	c := &collector{}
+	totals, err := summary.RunStats(context.Background(), src, cfg, c.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.stats()
+	if s.PacketsSeen != 4412 || s.PacketsSummarised != 4409 || s.OutsideDarknet != 3 || s.Fragments != 726 {
+		t.Errorf("stats %+v", s)
+	}
+	if s.PacketsSeen != s.PacketsSummarised+s.OutsideDarknet+s.DecodeErrors+s.NonIP+totals.RowLimitDrops {
+		t.Errorf("stats do not add up: %+v, row-limit drops %d", s, totals.RowLimitDrops)
+	}
+	var packets, frags uint64
+	var v6 bool
+	for _, r := range c.rows(t) {
+		packets += r.Packets
+		frags += uint64(r.Fragments)
+		v6 = v6 || r.SrcIP.Is6()
+	}
+	if packets != 4409 || frags != 726 || !v6 {
+		t.Errorf("rows hold %d packets, %d fragments, ipv6 %v", packets, frags, v6)
+	}
+}
