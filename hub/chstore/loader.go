@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -454,32 +458,37 @@ func (l *Loader) insert(ctx context.Context, table string, names []string, cols 
 	return nil
 }
 
-func joinNames(names []string) string {
-	s := ""
-	for i, n := range names {
-		if i > 0 {
-			s += ", "
-		}
-		s += n
-	}
-	return s
-}
+func joinNames(names []string) string { return strings.Join(names, ", ") }
 
 // present returns the raft indexes of group already held by summary and by
-// sensor_stats. The bin_start range lets ClickHouse prune partitions and
-// use the primary key; raft_index alone is not in the sort key.
+// sensor_stats. raft_index is not in the sort key, so the query also names
+// the group's bin_start values (every batch has one), which lets ClickHouse
+// read only those granules of those partitions.
 func (l *Loader) present(ctx context.Context, group []*jasperv1.CommittedBatch) (map[uint64]bool, map[uint64]bool, error) {
 	l.m.checks.Inc()
 	lo, hi := group[0].GetRaftIndex(), group[len(group)-1].GetRaftIndex()
-	minBin, maxBin := group[0].GetBatch().GetBinStart(), group[0].GetBatch().GetBinStart()
+	bins := map[int64]bool{}
 	for _, cb := range group {
-		minBin = min(minBin, cb.GetBatch().GetBinStart())
-		maxBin = max(maxBin, cb.GetBatch().GetBinStart())
+		bins[cb.GetBatch().GetBinStart()] = true
 		lo, hi = min(lo, cb.GetRaftIndex()), max(hi, cb.GetRaftIndex())
 	}
+	binList := slices.Sorted(maps.Keys(bins))
+	var binCond string
+	if len(binList) <= 1000 {
+		var sb strings.Builder
+		for i, b := range binList {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString(strconv.FormatInt(b, 10))
+		}
+		binCond = "bin_start IN (" + sb.String() + ")"
+	} else {
+		binCond = fmt.Sprintf("bin_start >= toDateTime(%d) AND bin_start <= toDateTime(%d)", binList[0], binList[len(binList)-1])
+	}
 	get := func(table string) (map[uint64]bool, error) {
-		q := fmt.Sprintf("SELECT DISTINCT raft_index FROM %s.%s WHERE bin_start >= toDateTime(%d) AND bin_start <= toDateTime(%d) AND raft_index >= %d AND raft_index <= %d",
-			quoteDB(l.cfg.Database), table, minBin, maxBin, lo, hi)
+		q := fmt.Sprintf("SELECT DISTINCT raft_index FROM %s.%s WHERE %s AND raft_index >= %d AND raft_index <= %d",
+			quoteDB(l.cfg.Database), table, binCond, lo, hi)
 		rows, err := l.conn.Query(ctx, q)
 		if err != nil {
 			return nil, fmt.Errorf("check %s: %w", table, err)

@@ -401,3 +401,36 @@ func TestLoaderDeposedInsertsNothing(t *testing.T) {
 	waitLoaded(t, mlog, time.Minute)
 	verifyExact(t, conn, db, mlog)
 }
+
+// The presence check names each batch's bin_start, or a range of them past
+// 1000 distinct bins; both find exactly what is loaded.
+func TestPresentBinsListAndRange(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	r := rand.New(rand.NewPCG(15, 16))
+	mlog := &memLog{}
+	base := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC).Unix()
+	for i := range 1100 {
+		mlog.append(genBatch(r, "s1", base+int64(i)*60, uint64(i+1), i%2))
+	}
+	src := &memSource{log: mlog, leader: true}
+	cfg := testConfig(db)
+	l := newTestLoader(t, cfg, src, conn)
+	waitLoaded(t, mlog, time.Minute)
+	verifyExact(t, conn, db, mlog)
+	for _, n := range []int{10, 1100} {
+		group := mlog.batches[:n]
+		inSummary, inStats, err := l.present(context.Background(), group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(inStats) != n || len(inSummary) != n/2 {
+			t.Errorf("%d bins: present in stats %d, in summary %d; want %d and %d", n, len(inStats), len(inSummary), n, n/2)
+		}
+	}
+	// Unloaded indexes are not reported.
+	extra := []*jasperv1.CommittedBatch{genBatch(r, "s1", base, 1, 3)}
+	extra[0].RaftIndex = 5000
+	if s, st, err := l.present(context.Background(), extra); err != nil || len(s)+len(st) != 0 {
+		t.Errorf("unloaded batch reported present: %v %v %v", s, st, err)
+	}
+}
