@@ -416,8 +416,11 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 	}
 	f := of.f
 	f.SrcCountry, f.SrcAsn = h.country, h.asn
-	h.ev.fill(f)
-	d.touch(index, of, h.ev.last)
+	h.ev.fillScalars(f)
+	if d.touch(index, of, h.ev.last) {
+		h.ev.fillLists(f)
+		d.announce(of)
+	}
 	if ob != nil && h.country != "" && d.cfg.CountrySurge.Enabled {
 		ob.add(&ob.cc, h.country, keyHash(h.key), h.country, sensor, d.cfg, &st.stats)
 	}
@@ -509,9 +512,12 @@ func (d *Detector) judgeVictim(index uint64, v *subject) {
 	}
 	f := of.f
 	f.SrcCountry, f.SrcAsn = v.country, v.asn
-	v.ev.fill(f)
+	v.ev.fillScalars(f)
 	f.Observed = float64(v.maxMinute)
-	d.touch(index, of, v.ev.last)
+	if d.touch(index, of, v.ev.last) {
+		v.ev.fillLists(f)
+		d.announce(of)
+	}
 }
 
 // findingID is stable: the finding's type, subject and the raft index that
@@ -541,19 +547,25 @@ func (d *Detector) raise(index uint64, subject string, f *jasperv1.Finding, atMs
 	d.m.findings.WithLabelValues(typeName(f.Type), "new").Inc()
 }
 
-// touch records an update of an open finding and announces it when new,
-// or when update_every passed since its last announcement.
-func (d *Detector) touch(index uint64, of *openFinding, atMs int64) {
+// touch records an update of an open finding and reports whether it is
+// due for announcement (new, or update_every passed since the last one);
+// the caller then completes the evidence and calls announce. Between
+// announcements a finding's counters and times are current and its lists
+// (ports, classes, fingerprints, sensors) are as of the last announcement.
+func (d *Detector) touch(index uint64, of *openFinding, atMs int64) bool {
 	f := of.f
 	if of.announced >= 0 {
 		f.State = jasperv1.FindingState_FINDING_STATE_CONTINUING
 	}
 	f.UpdatedAtMs = max(f.UpdatedAtMs, atMs)
 	f.UpdatedIndex = index
-	if of.announced < 0 || f.UpdatedAtMs-of.announced >= d.cfg.UpdateEvery.Milliseconds() {
-		of.announced = f.UpdatedAtMs
-		d.pending = append(d.pending, proto.Clone(f).(*jasperv1.Finding))
-	}
+	return of.announced < 0 || f.UpdatedAtMs-of.announced >= d.cfg.UpdateEvery.Milliseconds()
+}
+
+// announce queues a copy of the finding for the OnFinding subscribers.
+func (d *Detector) announce(of *openFinding) {
+	of.announced = of.f.UpdatedAtMs
+	d.pending = append(d.pending, proto.Clone(of.f).(*jasperv1.Finding))
 }
 
 // end closes an open finding and announces it.
@@ -583,11 +595,13 @@ func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
 	switch f.Type {
 	case jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST:
 		if h := st.hosts.get(k); h != nil && h.finding == f.Id {
+			h.ev.fill(f)
 			h.finding = ""
 			h.ev.reset()
 		}
 	case jasperv1.FindingType_FINDING_TYPE_DOS_VICTIM:
 		if v := st.victims.get(k); v != nil && v.finding == f.Id {
+			v.ev.fill(f)
 			v.finding = ""
 			v.ev.reset()
 			v.minutes, v.maxMinute = nil, 0

@@ -136,8 +136,19 @@ func (ev *evidence) addRow(r *row, sensor string) {
 
 // fill writes the evidence into a finding.
 func (ev *evidence) fill(f *jasperv1.Finding) {
+	ev.fillScalars(f)
+	ev.fillLists(f)
+}
+
+// fillScalars writes the counters and times (cheap: every batch).
+func (ev *evidence) fillScalars(f *jasperv1.Finding) {
 	f.FirstSeenMs, f.LastSeenMs = ev.first, ev.last
 	f.Packets, f.Bytes, f.DstIps = ev.packets, ev.bytes, ev.dst.total()
+}
+
+// fillLists writes ports, classes, fingerprints and sensors (when the
+// finding is announced or ends).
+func (ev *evidence) fillLists(f *jasperv1.Finding) {
 	f.Ports = slices.Clone(ev.ports)
 	f.Classes = f.Classes[:0]
 	for c := jasperv1.TrafficClass(1); c <= jasperv1.TrafficClass_TRAFFIC_CLASS_OTHER; c++ {

@@ -249,7 +249,9 @@ func (d *Detector) surgeFinding(index uint64, t jasperv1.FindingType, subject st
 		f.Sensors = topKeys(set.sensors, maxSensorsKept)
 		slices.Sort(f.Sensors)
 	}
-	d.touch(index, of, at)
+	if d.touch(index, of, at) {
+		d.announce(of)
+	}
 }
 
 // topKeys returns the n keys with the largest counts (ties: key order);
