@@ -29,6 +29,9 @@ func runSensorGen(ctx context.Context, args []string) error {
 	rate := fs.Float64("rate", def.Rate, "packets per second of capture time")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	if fs.NArg() > 0 {
