@@ -141,3 +141,43 @@ func TestEarlyFlush(t *testing.T) {
 		t.Errorf("stats over the batches %+v", s)
 	}
 }
+
+// TestRunLiveEarlyFlush: with EarlyFlush, a new source of a live capture
+// reaches the emitter within the interval, long before its bin ends.
+func TestRunLiveEarlyFlush(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Start just after a bin boundary so the bin is far from its end.
+		time.Sleep(time.Until(time.Now().Truncate(time.Minute).Add(time.Minute + time.Second)))
+		src := &liveSource{}
+		src.push(synFrame(t, net.IP{203, 0, 113, 9}))
+		cfg := summary.DefaultConfig()
+		cfg.EarlyFlush = 2 * time.Second
+		batches := make(chan *jasperv1.Batch, 10)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		start := time.Now()
+		go func() {
+			done <- summary.Run(ctx, src, cfg, func(b *jasperv1.Batch) error { batches <- b; return nil })
+		}()
+		var b *jasperv1.Batch
+		select {
+		case b = <-batches:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no early batch")
+		}
+		if waited := time.Since(start); waited > cfg.EarlyFlush+time.Second || !b.Partial || len(b.Rows.SrcIp) != 1 {
+			t.Errorf("after %v: partial=%v rows=%d", waited, b.Partial, len(b.Rows.SrcIp))
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run returned %v", err)
+		}
+		// Cancellation flushed the open bin: the row was already shipped,
+		// so nothing more than (at most) the stats follows.
+		for len(batches) > 0 {
+			if b := <-batches; len(b.Rows.GetSrcIp()) != 0 {
+				t.Errorf("row shipped twice: %v", b.Rows.SrcIp)
+			}
+		}
+	})
+}

@@ -387,6 +387,13 @@ func TestRunOnCapture(t *testing.T) {
 	if err := summary.Run(context.Background(), src, summary.DefaultConfig(), c.emit); err != nil {
 		t.Fatal(err)
 	}
+	// A file is binned on its own timestamps, never on the wall clock: the
+	// 0.15 s capture is one bin, split into batches.
+	for _, b := range c.batches {
+		if b.BinStart != c.batches[0].BinStart || b.Partial {
+			t.Errorf("batch of bin %d partial=%v, first bin %d", b.BinStart, b.Partial, c.batches[0].BinStart)
+		}
+	}
 	rows := c.rows(t)
 	byClass := map[jasperv1.TrafficClass]uint64{}
 	srcs := map[netip.Addr]bool{}
