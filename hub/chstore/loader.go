@@ -259,7 +259,11 @@ func (l *Loader) run(ctx context.Context) {
 				nextRetain = time.Now().Add(l.cfg.RetentionInterval.D())
 			}
 		}
-		batches := l.src.Pending(cursor, l.cfg.MaxRowsPerInsert)
+		batches, err := checkOrder(l.src.Pending(cursor, l.cfg.MaxRowsPerInsert), cursor)
+		if err != nil {
+			fail("source", err)
+			continue
+		}
 		l.observeLag(batches)
 		if len(batches) == 0 {
 			l.wait(ctx, l.cfg.PollInterval.D(), true)
@@ -286,6 +290,19 @@ func (l *Loader) run(ctx context.Context) {
 		// past a clean check nothing can be present.
 		verified, cursor = clean, through
 	}
+}
+
+// checkOrder enforces the Source contract the exactly-once argument rests
+// on: batches above after, raft indexes strictly increasing.
+func checkOrder(batches []*jasperv1.CommittedBatch, after uint64) ([]*jasperv1.CommittedBatch, error) {
+	prev := after
+	for i, cb := range batches {
+		if cb.GetRaftIndex() <= prev {
+			return nil, fmt.Errorf("pending batch %d has raft index %d, not above %d", i, cb.GetRaftIndex(), prev)
+		}
+		prev = cb.GetRaftIndex()
+	}
+	return batches, nil
 }
 
 func (l *Loader) observeLag(pending []*jasperv1.CommittedBatch) {

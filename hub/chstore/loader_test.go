@@ -434,3 +434,29 @@ func TestPresentBinsListAndRange(t *testing.T) {
 		t.Errorf("unloaded batch reported present: %v %v %v", s, st, err)
 	}
 }
+
+func TestCheckOrder(t *testing.T) {
+	mk := func(idx ...uint64) []*jasperv1.CommittedBatch {
+		var out []*jasperv1.CommittedBatch
+		for _, i := range idx {
+			out = append(out, &jasperv1.CommittedBatch{RaftIndex: i})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		idx   []uint64
+		after uint64
+		ok    bool
+	}{
+		{[]uint64{5, 6, 9}, 4, true},
+		{nil, 4, true},
+		{[]uint64{4, 6}, 4, false},
+		{[]uint64{5, 5}, 0, false},
+		{[]uint64{7, 6}, 0, false},
+	} {
+		_, err := checkOrder(mk(tc.idx...), tc.after)
+		if (err == nil) != tc.ok {
+			t.Errorf("checkOrder(%v, %d) = %v, want ok %v", tc.idx, tc.after, err, tc.ok)
+		}
+	}
+}

@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"table"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "jasper_loader_errors_total", Help: "Loader errors by stage (migrate, check, rebuild, leader: lost leadership mid-load, insert, mark, retention).",
+			Name: "jasper_loader_errors_total", Help: "Loader errors by stage (source: Pending broke its contract, migrate, check, rebuild, leader: lost leadership mid-load, insert, mark, retention).",
 		}, []string{"stage"}),
 		pendingRows: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "jasper_loader_pending_rows", Help: "Summary rows committed but not yet loaded (lag), as last seen by the leader's loader.",
@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.errors, m.pendingRows, m.lagSeconds, m.loadedIndex, m.leader, m.droppedParts, m.checks} {
 		reg.MustRegister(c)
 	}
-	for _, s := range []string{"migrate", "check", "rebuild", "leader", "insert", "mark", "retention"} {
+	for _, s := range []string{"source", "migrate", "check", "rebuild", "leader", "insert", "mark", "retention"} {
 		m.errors.WithLabelValues(s)
 	}
 	for _, t := range []string{TableSummary, TableSensorStats} {
