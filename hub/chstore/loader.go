@@ -329,6 +329,7 @@ type stageError struct {
 }
 
 func (e stageError) Error() string { return e.stage + ": " + e.err.Error() }
+func (e stageError) Unwrap() error { return e.err }
 
 // asStage wraps err in a stageError unless it already is one.
 func asStage(stage string, err error) error {
@@ -338,7 +339,6 @@ func asStage(stage string, err error) error {
 	}
 	return stageError{stage, err}
 }
-func (e stageError) Unwrap() error { return e.err }
 
 // load inserts batches (in raft index order) and marks them loaded. With
 // check set it first asks ClickHouse which of them each table already
@@ -356,10 +356,6 @@ func (l *Loader) load(ctx context.Context, batches []*jasperv1.CommittedBatch, c
 	through = batches[len(batches)-1].GetRaftIndex()
 	if err := l.src.MarkLoaded(ctx, through); err != nil {
 		return 0, false, stageError{"mark", fmt.Errorf("mark loaded through %d: %w", through, err)}
-	}
-	rows := 0
-	for _, cb := range batches {
-		rows += batchRows(cb)
 	}
 	l.m.batches.Add(float64(len(batches)))
 	l.m.loadedIndex.Set(float64(through))
