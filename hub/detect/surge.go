@@ -3,7 +3,6 @@ package detect
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"slices"
 	"strconv"
@@ -18,24 +17,62 @@ import (
 const maxOpenBins = 16
 
 // binSet is the distinct sources of one subject (port, fingerprint,
-// country) in one bin, with per-country and per-sensor source counts.
+// country) in one bin; each source maps to the index of its (country,
+// sensor) origin in the bin's origin table.
 type binSet struct {
-	srcs      map[uint64]struct{}
-	countries map[string]uint32
-	sensors   map[string]uint32
+	srcs map[uint64]uint32
 }
+
+func newBinSet() *binSet { return &binSet{srcs: map[uint64]uint32{}} }
+
+// origin is where a source was seen from and where it is registered.
+type origin struct{ country, sensor string }
 
 // openBin gathers one bin for the surge detectors until it is judged.
 type openBin struct {
-	start int64 // Unix s
-	ports map[uint32]*binSet
-	fps   map[string]*binSet
-	cc    map[string]*binSet
-	size  int // entries over all sets
+	start     int64 // Unix s
+	ports     map[uint32]*binSet
+	fps       map[string]*binSet
+	cc        map[string]*binSet
+	size      int // entries over all sets
+	origins   []origin
+	originIdx map[origin]uint32
+	// last is a one-entry cache of origin lookups (transient).
+	last    origin
+	lastIdx uint32
+	lastOK  bool
 }
 
 func newOpenBin(start int64) *openBin {
-	return &openBin{start: start, ports: map[uint32]*binSet{}, fps: map[string]*binSet{}, cc: map[string]*binSet{}}
+	return &openBin{start: start, ports: map[uint32]*binSet{}, fps: map[string]*binSet{}, cc: map[string]*binSet{}, originIdx: map[origin]uint32{}}
+}
+
+// originOf interns (country, sensor).
+func (b *openBin) originOf(country, sensor string) uint32 {
+	if b.lastOK && b.last.country == country && b.last.sensor == sensor {
+		return b.lastIdx
+	}
+	o := origin{country, sensor}
+	i, ok := b.originIdx[o]
+	if !ok {
+		i = uint32(len(b.origins))
+		b.origins = append(b.origins, o)
+		b.originIdx[o] = i
+	}
+	b.last, b.lastIdx, b.lastOK = o, i, true
+	return i
+}
+
+// counts returns the distinct sources of a set per country and per sensor.
+func (b *openBin) counts(s *binSet) (countries, sensors map[string]uint32) {
+	countries, sensors = map[string]uint32{}, map[string]uint32{}
+	for _, i := range s.srcs {
+		if int(i) < len(b.origins) {
+			countries[b.origins[i].country]++
+			sensors[b.origins[i].sensor]++
+		}
+	}
+	return countries, sensors
 }
 
 // bin returns the open bin starting at start, opening it if needed.
@@ -66,10 +103,15 @@ func (d *Detector) bin(index uint64, start int64) *openBin {
 	return b
 }
 
+// keyHash mixes a 16-byte address into 64 bits (splitmix64 finaliser on
+// both halves): a fixed function, so replicas agree.
 func keyHash(k addrKey) uint64 {
-	h := fnv.New64a()
-	h.Write(k[:])
-	return h.Sum64()
+	mix := func(z uint64) uint64 {
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+		z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+		return z ^ (z >> 31)
+	}
+	return mix(binary.LittleEndian.Uint64(k[:8])^0x9e3779b97f4a7c15) ^ mix(binary.LittleEndian.Uint64(k[8:]))
 }
 
 func portKey(proto uint8, port uint32) uint32 { return uint32(proto)<<16 | port&0xffff }
@@ -104,7 +146,7 @@ func (b *openBin) addRow(d *Detector, r *row, sensor string) {
 		k := portKey(r.proto, r.port)
 		s := b.ports[k]
 		if s == nil {
-			s = &binSet{srcs: map[uint64]struct{}{}, countries: map[string]uint32{}, sensors: map[string]uint32{}}
+			s = newBinSet()
 			b.ports[k] = s
 		}
 		b.addTo(s, h, r.country, sensor, d)
@@ -117,7 +159,7 @@ func (b *openBin) addRow(d *Detector, r *row, sensor string) {
 func (b *openBin) add(m *map[string]*binSet, key string, src uint64, country, sensor string, cfg Config, stats *Stats) {
 	s := (*m)[key]
 	if s == nil {
-		s = &binSet{srcs: map[uint64]struct{}{}, countries: map[string]uint32{}, sensors: map[string]uint32{}}
+		s = newBinSet()
 		(*m)[key] = s
 	}
 	if _, ok := s.srcs[src]; ok {
@@ -128,9 +170,7 @@ func (b *openBin) add(m *map[string]*binSet, key string, src uint64, country, se
 		return
 	}
 	b.size++
-	s.srcs[src] = struct{}{}
-	s.countries[country]++
-	s.sensors[sensor]++
+	s.srcs[src] = b.originOf(country, sensor)
 }
 
 func (b *openBin) addTo(s *binSet, src uint64, country, sensor string, d *Detector) {
@@ -142,9 +182,7 @@ func (b *openBin) addTo(s *binSet, src uint64, country, sensor string, d *Detect
 		return
 	}
 	b.size++
-	s.srcs[src] = struct{}{}
-	s.countries[country]++
-	s.sensors[sensor]++
+	s.srcs[src] = b.originOf(country, sensor)
 }
 
 // closeBin judges a bin: every series (with sources in the bin, or with
@@ -245,8 +283,9 @@ func (d *Detector) surgeFinding(index uint64, t jasperv1.FindingType, subject st
 	f.LastSeenMs = binEnd
 	f.Baseline, f.Observed, f.Score = v.expected, v.observed, v.score
 	if set != nil {
-		f.TopCountries = topKeys(set.countries, 5)
-		f.Sensors = topKeys(set.sensors, maxSensorsKept)
+		countries, sensors := b.counts(set)
+		f.TopCountries = topKeys(countries, 5)
+		f.Sensors = topKeys(sensors, maxSensorsKept)
 		slices.Sort(f.Sensors)
 	}
 	if d.touch(index, of, at) {
@@ -289,23 +328,12 @@ func encodeSet(e *enc, s *binSet) {
 	for _, k := range srcs {
 		binary.LittleEndian.PutUint64(buf[:], k)
 		e.write(buf[:])
-	}
-	for _, m := range []map[string]uint32{s.countries, s.sensors} {
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		e.u(uint64(len(keys)))
-		for _, k := range keys {
-			e.s(k)
-			e.u(uint64(m[k]))
-		}
+		e.u(uint64(s.srcs[k]))
 	}
 }
 
 func decodeSet(d *dec) *binSet {
-	s := &binSet{srcs: map[uint64]struct{}{}, countries: map[string]uint32{}, sensors: map[string]uint32{}}
+	s := newBinSet()
 	n := d.n(maxLen)
 	var buf [8]byte
 	for i := 0; i < n && d.err == nil; i++ {
@@ -313,13 +341,7 @@ func decodeSet(d *dec) *binSet {
 			d.fail(err)
 			break
 		}
-		s.srcs[binary.LittleEndian.Uint64(buf[:])] = struct{}{}
-	}
-	for _, m := range []map[string]uint32{s.countries, s.sensors} {
-		for n, i := d.n(maxLen), 0; i < n && d.err == nil; i++ {
-			k := d.s()
-			m[k] = uint32(d.u())
-		}
+		s.srcs[binary.LittleEndian.Uint64(buf[:])] = uint32(d.u())
 	}
 	return s
 }
@@ -327,6 +349,11 @@ func decodeSet(d *dec) *binSet {
 func (b *openBin) encode(e *enc) {
 	e.i(b.start)
 	e.u(uint64(b.size))
+	e.u(uint64(len(b.origins)))
+	for _, o := range b.origins {
+		e.s(o.country)
+		e.s(o.sensor)
+	}
 	pk := make([]uint32, 0, len(b.ports))
 	for k := range b.ports {
 		pk = append(pk, k)
@@ -354,6 +381,11 @@ func (b *openBin) encode(e *enc) {
 func (b *openBin) decode(d *dec) {
 	*b = *newOpenBin(d.i())
 	b.size = d.n(maxLen)
+	for n, i := d.n(maxLen), 0; i < n && d.err == nil; i++ {
+		o := origin{d.s(), d.s()}
+		b.originIdx[o] = uint32(len(b.origins))
+		b.origins = append(b.origins, o)
+	}
 	for n, i := d.n(maxLen), 0; i < n && d.err == nil; i++ {
 		k := uint32(d.u())
 		b.ports[k] = decodeSet(d)
