@@ -24,7 +24,7 @@ var fixtureEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
 type GeoSource struct {
 	Dir string
 	// Kind is "given" (--geo or $JASPER_GEO_DIR), "built" (an earlier
-	// `jasper geo build` in the user cache) or "fixture" (made here: every
+	// `jasper geo build` into the user cache) or "fixture" (made here: every
 	// IPv4 /8 block gets a country of fixtureCountries in turn and the
 	// private ASN 64512+N; not real data).
 	Kind string
@@ -41,9 +41,9 @@ func hasGeo(dir string) bool {
 }
 
 // findGeo picks the geo databases: the given folder, $JASPER_GEO_DIR,
-// $JASPER_TEST_GEO_DIR, then a folder built earlier by `jasper geo build
-// --out` under the user cache (jasper/geo); otherwise it writes fixture
-// databases into fixtureDir.
+// $JASPER_TEST_GEO_DIR, then a folder built earlier under the user cache
+// (jasper/geo-db, where .ci/setup-geo.sh builds them, or jasper/geo);
+// otherwise it writes fixture databases into fixtureDir.
 func findGeo(given, fixtureDir string) (GeoSource, error) {
 	if given != "" {
 		if !hasGeo(given) {
@@ -57,8 +57,10 @@ func findGeo(given, fixtureDir string) (GeoSource, error) {
 		}
 	}
 	if c, err := os.UserCacheDir(); err == nil {
-		if d := filepath.Join(c, "jasper", "geo"); hasGeo(d) {
-			return GeoSource{Dir: d, Kind: "built"}, nil
+		for _, name := range []string{"geo-db", "geo"} {
+			if d := filepath.Join(c, "jasper", name); hasGeo(d) {
+				return GeoSource{Dir: d, Kind: "built"}, nil
+			}
 		}
 	}
 	if err := writeFixtureGeo(fixtureDir); err != nil {
