@@ -1,14 +1,18 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -36,6 +40,7 @@ func (d *Demo) startFront(ctx context.Context) (string, error) {
 				r.SetURL(targets[int(cur.Load())%len(targets)])
 				r.Out.Host = r.In.Host // same origin for the dashboard's CSRF checks
 			},
+			ModifyResponse: injectDemoBar,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				n := cur.Add(1)
 				d.log.Warn("demo_front_proxy_failed", "err", err, "next", targets[int(n)%len(targets)].Host)
@@ -104,6 +109,33 @@ func (d *Demo) apiGet(ctx context.Context, path string, dst any) error {
 	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 64<<20)).Decode(dst); err != nil {
 		return fmt.Errorf("GET %s: %w", path, err)
 	}
+	return nil
+}
+
+// demoBar links the demo pages from the dashboard's own page (plain links:
+// the dashboard's CSP allows no inline style or script).
+const demoBar = `<nav id="jasper-demo-bar">jasper demo: <a href="/demo/mail">mailbox of the CERTs</a> · <a href="/demo/webhooks">webhooks received</a> · <a href="/demo/">logins</a></nav>`
+
+// injectDemoBar puts demoBar at the top of the dashboard's HTML pages.
+func injectDemoBar(resp *http.Response) error {
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Encoding") != "" ||
+		!strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if i := bytes.Index(b, []byte("<body")); i >= 0 {
+		if j := bytes.IndexByte(b[i:], '>'); j >= 0 {
+			at := i + j + 1
+			b = append(b[:at:at], append([]byte(demoBar), b[at:]...)...)
+		}
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(b)))
 	return nil
 }
 
