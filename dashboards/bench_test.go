@@ -149,7 +149,7 @@ func BenchmarkAPIOverClickHouse(b *testing.B) {
 		{"top_asns_24h", "/api/top/asns?range=24h&limit=20", raw("src_asn, sum(packets) AS p, uniq(src_ip)", "GROUP BY src_asn ORDER BY p DESC LIMIT 20")},
 		{"overview_1h_port_23", "/api/overview?range=1h&port=23", fmt.Sprintf("SELECT toStartOfMinute(bin_start) AS t, class, sum(packets), uniq(src_ip) FROM %s.summary WHERE bin_start >= toDateTime(%d) AND bin_start < toDateTime(%d) AND dst_port = 23 AND protocol IN (6, 17) GROUP BY t, class", db, to-3600, to)},
 	}
-	const n = 20
+	const n = 10
 	client := ts.Client()
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -171,7 +171,7 @@ func BenchmarkAPIOverClickHouse(b *testing.B) {
 					}
 					api = append(api, time.Since(t0))
 				}
-				for range 5 {
+				for range 3 {
 					sql = append(sql, clientTime(b, port, c.sql))
 				}
 			}

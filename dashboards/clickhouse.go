@@ -79,13 +79,28 @@ func (s *ClickHouseSource) where(q Query, tcol string, hourly bool) (string, []a
 
 func mod64(a, b int64) int64 { return ((a % b) + b) % b }
 
-// rollupTable picks the hour table when the question is coarse enough.
+// rollupTable picks the hour table for a time series whose step is whole
+// hours.
 func (s *ClickHouseSource) rollupTable(q Query) (string, bool) {
-	if q.Step >= time.Hour && q.Step%time.Hour == 0 || q.Step == 0 && q.To.Sub(q.From) >= 48*time.Hour {
+	if q.Step >= time.Hour && q.Step%time.Hour == 0 {
 		return s.db + ".summary_hour", true
 	}
 	return s.db + ".summary_minute", false
 }
+
+// listTable picks the table of a top list: the hour table for ranges of
+// HourlyListsFrom or more (the range is then rounded out to whole hours),
+// else the minute table.
+func (s *ClickHouseSource) listTable(q Query) (string, bool) {
+	if q.To.Sub(q.From) >= HourlyListsFrom {
+		return s.db + ".summary_hour", true
+	}
+	return s.db + ".summary_minute", false
+}
+
+// HourlyListsFrom is the range from which top lists and the map read the
+// hour rollup.
+const HourlyListsFrom = 12 * time.Hour
 
 // Overview implements Source.
 func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, error) {
@@ -158,22 +173,22 @@ func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, erro
 	return out, nil
 }
 
-// Top implements Source.
+// Top implements Source. Lists are ranked by packets with plain sums, and
+// the distinct sources (uniqMerge, the costly part) are computed only for
+// the keys that made the list. Countries without a sensor, protocol or port
+// filter come from summary_asn_hour, whose states are fewer.
 func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, error) {
 	limit := q.Limit
 	if limit <= 0 {
 		limit = 1000
 	}
-	table, hourly := s.rollupTable(q)
-	var sqlText string
-	var args []any
+	table, hourly := s.listTable(q)
 	switch d {
 	case DimFingerprint:
 		w, a := s.where(q, "t", hourly)
-		sqlText = "SELECT name, p FROM (SELECT sum(fp_mirai) AS m, sum(fp_zmap) AS z, sum(fp_masscan) AS c FROM " + table + w +
+		sqlText := "SELECT name, p FROM (SELECT sum(fp_mirai) AS m, sum(fp_zmap) AS z, sum(fp_masscan) AS c FROM " + table + w +
 			") ARRAY JOIN ['mirai', 'zmap', 'masscan'] AS name, [m, z, c] AS p WHERE p > 0 ORDER BY p DESC, name"
-		args = a
-		rows, err := s.conn.Query(ctx, sqlText, args...)
+		rows, err := s.conn.Query(ctx, sqlText, a...)
 		if err != nil {
 			return nil, fmt.Errorf("clickhouse top fingerprints: %w", err)
 		}
@@ -188,51 +203,79 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		}
 		return out, rows.Err()
 	case DimASN:
-		if q.Sensor == "" && q.Protocol == 0 && !q.HasPort && q.To.Sub(q.From) >= 6*time.Hour {
-			w, a := s.where(q, "t", true)
-			sqlText = "SELECT toString(src_asn) AS k, sum(packets) AS p, sum(bytes) AS b, uniqMerge(sources) AS n FROM " +
-				s.db + ".summary_asn_hour" + w + " GROUP BY k ORDER BY p DESC, k LIMIT " + strconv.Itoa(limit)
-			args = a
-		} else {
-			w, a := s.where(q, "bin_start", false)
-			sqlText = "SELECT toString(src_asn) AS k, sum(packets) AS p, sum(bytes) AS b, uniq(src_ip) AS n FROM " +
-				s.db + ".summary" + w + " GROUP BY k ORDER BY p DESC, k LIMIT " + strconv.Itoa(limit)
-			args = a
+		if q.Sensor == "" && q.Protocol == 0 && !q.HasPort && hourly {
+			return s.topTwoPhase(ctx, q, d, "src_asn", s.db+".summary_asn_hour", "t", true, "uniqMerge(sources)", limit)
 		}
-	default:
-		var col string
-		switch d {
-		case DimPort:
-			col = "toString(dst_port)"
-		case DimCountry:
-			col = "src_country"
-		case DimClass:
-			col = "class"
-		case DimSensor:
-			col = "sensor_id"
-		default:
-			return nil, fmt.Errorf("unknown dimension %q", d)
+		return s.topTwoPhase(ctx, q, d, "src_asn", s.db+".summary", "bin_start", false, "uniq(src_ip)", limit)
+	case DimCountry:
+		if q.Sensor == "" && q.Protocol == 0 && !q.HasPort && hourly {
+			return s.topTwoPhase(ctx, q, d, "src_country", s.db+".summary_asn_hour", "t", true, "uniqMerge(sources)", limit)
 		}
-		w, a := s.where(q, "t", hourly)
-		if d == DimPort && q.Protocol == 0 {
-			w += " AND protocol IN (6, 17)"
-		}
-		sqlText = "SELECT " + col + " AS k, sum(packets) AS p, sum(bytes) AS b, uniqMerge(sources) AS n FROM " + table + w +
-			" GROUP BY k ORDER BY p DESC, k LIMIT " + strconv.Itoa(limit)
-		args = a
+		return s.topTwoPhase(ctx, q, d, "src_country", table, "t", hourly, "uniqMerge(sources)", limit)
+	case DimPort:
+		return s.topTwoPhase(ctx, q, d, "dst_port", table, "t", hourly, "uniqMerge(sources)", limit)
+	case DimClass:
+		return s.topTwoPhase(ctx, q, d, "class", table, "t", hourly, "uniqMerge(sources)", limit)
+	case DimSensor:
+		return s.topTwoPhase(ctx, q, d, "sensor_id", table, "t", hourly, "uniqMerge(sources)", limit)
 	}
-	rows, err := s.conn.Query(ctx, sqlText, args...)
+	return nil, fmt.Errorf("unknown dimension %q", d)
+}
+
+// sqlString quotes s as a ClickHouse string literal.
+func sqlString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(s) + "'"
+}
+
+// topTwoPhase ranks col by packets, then counts distinct sources for the
+// keys of the list only.
+func (s *ClickHouseSource) topTwoPhase(ctx context.Context, q Query, d Dim, col, table, tcol string, hourly bool, distinct string, limit int) ([]Entry, error) {
+	w, args := s.where(q, tcol, hourly)
+	if d == DimPort && q.Protocol == 0 {
+		w += " AND protocol IN (6, 17)"
+	}
+	rows, err := s.conn.Query(ctx, "SELECT toString("+col+") AS k, sum(packets) AS p, sum(bytes) AS b FROM "+table+w+
+		" GROUP BY k ORDER BY p DESC, k LIMIT "+strconv.Itoa(limit), args...)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse top %s: %w", d, err)
 	}
-	defer rows.Close()
 	var out []Entry
 	for rows.Next() {
 		var e Entry
-		if err := rows.Scan(&e.Key, &e.Packets, &e.Bytes, &e.Sources); err != nil {
+		if err := rows.Scan(&e.Key, &e.Packets, &e.Bytes); err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("clickhouse top %s: %w", d, err)
 		}
 		out = append(out, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(out) == 0 {
+		return out, err
+	}
+	keys := make([]string, len(out))
+	for i, e := range out {
+		keys[i] = sqlString(e.Key)
+	}
+	rows, err = s.conn.Query(ctx, "SELECT toString("+col+") AS k, "+distinct+" AS n FROM "+table+w+
+		" AND toString("+col+") IN ("+strings.Join(keys, ", ")+") GROUP BY k", args...)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse top %s sources: %w", d, err)
+	}
+	defer rows.Close()
+	idx := map[string]int{}
+	for i, e := range out {
+		idx[e.Key] = i
+	}
+	for rows.Next() {
+		var k string
+		var n uint64
+		if err := rows.Scan(&k, &n); err != nil {
+			return nil, fmt.Errorf("clickhouse top %s sources: %w", d, err)
+		}
+		if i, ok := idx[k]; ok {
+			out[i].Sources = n
+		}
 	}
 	return out, rows.Err()
 }

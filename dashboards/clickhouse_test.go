@@ -131,6 +131,10 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 		{From: now.Add(-3 * time.Hour), To: now, Step: time.Hour, Sensor: "berlin-1"},
 		{From: now.Add(-6 * time.Hour), To: now, Step: time.Minute, Protocol: 17},
 		{From: now.Add(-6 * time.Hour), To: now, Step: 5 * time.Minute, HasPort: true, Port: 443},
+		// 24 hours: lists read the hour rollups (countries and ASNs the
+		// ASN rollup); the replay lies inside whole hours of the range.
+		{From: now.Add(-24 * time.Hour), To: now.Truncate(time.Hour).Add(time.Hour), Step: time.Hour},
+		{From: now.Add(-24 * time.Hour), To: now.Truncate(time.Hour).Add(time.Hour), Step: time.Hour, Sensor: "saopaulo-1"},
 	} {
 		name := fmt.Sprintf("%+v", q)
 		a, err := emb.Overview(ctx, q)
@@ -223,6 +227,9 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 				break
 			}
 		}
+	}
+	if got := sqlString(`a'b\c`); got != `'a\'b\\c'` {
+		t.Errorf("sqlString = %s", got)
 	}
 	if hs, _ := ch.Hosts(ctx, Query{From: now.Add(-6 * time.Hour), To: now, Limit: 5}, Scope{Prefixes: []netip.Prefix{netip.MustParsePrefix("172.16.0.0/12")}}); len(hs) != 2 {
 		t.Errorf("org prefix hosts = %+v, want the two scanners", hs)
