@@ -15,9 +15,10 @@
 // loaded through raft (Source.MarkLoaded). A crash, a leader change or a
 // ClickHouse failure can happen between the insert and the mark, so after
 // any (re)start, leader change or error the loader first asks ClickHouse
-// which raft indexes of the pending range are already present, per table
-// (SELECT DISTINCT raft_index ... WHERE raft_index BETWEEN a AND b), and
-// skips those batches in that table. This is exact because every batch is
+// which batches of the pending range are already present, per table
+// (SELECT DISTINCT raft_index, sensor_id, seq ... WHERE raft_index BETWEEN
+// a AND b: one raft entry may carry several sensor batches, and (sensor,
+// seq) is unique in the log), and skips those batches in that table. This is exact because every batch is
 // written to each table inside one INSERT block, and ClickHouse writes the
 // rows of one block that fall in one partition as one part, atomically
 // (temporary directory renamed into place). A batch has one bin_start, so

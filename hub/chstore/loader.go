@@ -24,6 +24,8 @@ type Source interface {
 	// Pending returns committed batches with a raft index above after that
 	// are not yet marked loaded, in raft index order, RaftIndex set, about
 	// maxRows summary rows in all (at least one batch when any is pending).
+	// Several batches of one raft entry share its index; an entry is never
+	// split between two answers.
 	Pending(after uint64, maxRows int) []*jasperv1.CommittedBatch
 	// MarkLoaded records through raft that every batch up to through is in
 	// ClickHouse.
@@ -36,7 +38,7 @@ type Source interface {
 // committed but not yet loaded; the loader then exports the full figure as
 // jasper_loader_pending_rows instead of the rows of its last Pending answer.
 type Backlog interface {
-	PendingRows() int
+	PendingRows() uint64
 }
 
 // Status is a snapshot of the loader for `jasper hub status`.
@@ -47,7 +49,7 @@ type Status struct {
 	// and marked batches.
 	LoadedIndex uint64
 	// PendingRows is the lag in summary rows (see Backlog).
-	PendingRows int
+	PendingRows uint64
 	// Lag is the age of the oldest pending batch.
 	Lag time.Duration
 	// RowsLoaded and BatchesLoaded count since this loader started.
@@ -292,26 +294,46 @@ func (l *Loader) run(ctx context.Context) {
 	}
 }
 
+// batchKey identifies a batch in ClickHouse. One raft entry may carry
+// several sensor batches, so the raft index alone is not enough; (sensor,
+// sequence) is unique in the log (the FSM drops resends).
+type batchKey struct {
+	raftIndex uint64
+	sensorID  string
+	seq       uint64
+}
+
+func keyOf(cb *jasperv1.CommittedBatch) batchKey {
+	return batchKey{cb.GetRaftIndex(), cb.GetSensorId(), cb.GetBatch().GetSequence()}
+}
+
 // checkOrder enforces the Source contract the exactly-once argument rests
-// on: batches above after, raft indexes strictly increasing.
+// on: batches above after, raft indexes in order (batches of one raft
+// entry share its index), no batch twice.
 func checkOrder(batches []*jasperv1.CommittedBatch, after uint64) ([]*jasperv1.CommittedBatch, error) {
 	prev := after
+	seen := map[batchKey]bool{}
 	for i, cb := range batches {
-		if cb.GetRaftIndex() <= prev {
-			return nil, fmt.Errorf("pending batch %d has raft index %d, not above %d", i, cb.GetRaftIndex(), prev)
+		idx := cb.GetRaftIndex()
+		if idx <= after || idx < prev {
+			return nil, fmt.Errorf("pending batch %d has raft index %d after %d (cursor %d)", i, idx, prev, after)
 		}
-		prev = cb.GetRaftIndex()
+		if seen[keyOf(cb)] {
+			return nil, fmt.Errorf("pending batch %d (raft index %d, sensor %s, seq %d) appears twice", i, idx, cb.GetSensorId(), cb.GetBatch().GetSequence())
+		}
+		seen[keyOf(cb)] = true
+		prev = idx
 	}
 	return batches, nil
 }
 
 func (l *Loader) observeLag(pending []*jasperv1.CommittedBatch) {
-	rows := 0
+	var rows uint64
 	if b, ok := l.src.(Backlog); ok {
 		rows = b.PendingRows()
 	} else {
 		for _, cb := range pending {
-			rows += batchRows(cb)
+			rows += uint64(batchRows(cb))
 		}
 	}
 	var lag time.Duration
@@ -390,7 +412,7 @@ func splitGroups(batches []*jasperv1.CommittedBatch, maxRows int) [][]*jasperv1.
 // loadGroup inserts one group, each table in one block. found reports
 // whether the check found any of the group's batches already present.
 func (l *Loader) loadGroup(ctx context.Context, group []*jasperv1.CommittedBatch, check bool) (found bool, err error) {
-	var inSummary, inStats map[uint64]bool
+	var inSummary, inStats map[batchKey]bool
 	if check {
 		inSummary, inStats, err = l.present(ctx, group)
 		if err != nil {
@@ -418,13 +440,13 @@ func (l *Loader) loadGroup(ctx context.Context, group []*jasperv1.CommittedBatch
 				"seq", cb.GetBatch().GetSequence(), "err", err)
 			rows = 0
 		} else if rows > 0 {
-			if inSummary[cb.GetRaftIndex()] {
+			if inSummary[keyOf(cb)] {
 				l.m.skipped.WithLabelValues(TableSummary).Inc()
 			} else {
 				sb.add(cb)
 			}
 		}
-		if inStats[cb.GetRaftIndex()] {
+		if inStats[keyOf(cb)] {
 			l.m.skipped.WithLabelValues(TableSensorStats).Inc()
 		} else {
 			st.add(cb, rows)
@@ -477,7 +499,7 @@ func joinNames(names []string) string { return strings.Join(names, ", ") }
 // sensor_stats. raft_index is not in the sort key, so the query also names
 // the group's bin_start values (every batch has one), which lets ClickHouse
 // read only those granules of those partitions.
-func (l *Loader) present(ctx context.Context, group []*jasperv1.CommittedBatch) (map[uint64]bool, map[uint64]bool, error) {
+func (l *Loader) present(ctx context.Context, group []*jasperv1.CommittedBatch) (map[batchKey]bool, map[batchKey]bool, error) {
 	l.m.checks.Inc()
 	lo, hi := group[0].GetRaftIndex(), group[len(group)-1].GetRaftIndex()
 	bins := map[int64]bool{}
@@ -499,21 +521,21 @@ func (l *Loader) present(ctx context.Context, group []*jasperv1.CommittedBatch) 
 	} else {
 		binCond = fmt.Sprintf("bin_start >= toDateTime(%d) AND bin_start <= toDateTime(%d)", binList[0], binList[len(binList)-1])
 	}
-	get := func(table string) (map[uint64]bool, error) {
-		q := fmt.Sprintf("SELECT DISTINCT raft_index FROM %s.%s WHERE %s AND raft_index >= %d AND raft_index <= %d",
+	get := func(table string) (map[batchKey]bool, error) {
+		q := fmt.Sprintf("SELECT DISTINCT raft_index, sensor_id, seq FROM %s.%s WHERE %s AND raft_index >= %d AND raft_index <= %d",
 			quoteDB(l.cfg.Database), table, binCond, lo, hi)
 		rows, err := l.conn.Query(ctx, q)
 		if err != nil {
 			return nil, fmt.Errorf("check %s: %w", table, err)
 		}
 		defer rows.Close()
-		got := map[uint64]bool{}
+		got := map[batchKey]bool{}
 		for rows.Next() {
-			var idx uint64
-			if err := rows.Scan(&idx); err != nil {
+			var k batchKey
+			if err := rows.Scan(&k.raftIndex, &k.sensorID, &k.seq); err != nil {
 				return nil, fmt.Errorf("check %s: %w", table, err)
 			}
-			got[idx] = true
+			got[k] = true
 		}
 		if err := rows.Err(); err != nil {
 			return nil, fmt.Errorf("check %s: %w", table, err)
@@ -539,10 +561,10 @@ func (l *Loader) present(ctx context.Context, group []*jasperv1.CommittedBatch) 
 // before the range is marked loaded, so a failure here is retried (by this
 // loader or the next one, whose check finds the same batches again). No
 // other insert runs meanwhile: this loader is the only writer.
-func (l *Loader) rebuildRollups(ctx context.Context, group []*jasperv1.CommittedBatch, inSummary map[uint64]bool) error {
+func (l *Loader) rebuildRollups(ctx context.Context, group []*jasperv1.CommittedBatch, inSummary map[batchKey]bool) error {
 	days := map[int64]bool{}
 	for _, cb := range group {
-		if inSummary[cb.GetRaftIndex()] {
+		if inSummary[keyOf(cb)] {
 			days[cb.GetBatch().GetBinStart()/86400] = true
 		}
 	}

@@ -18,7 +18,7 @@ import (
 func TestLoaderLoadsEveryBatchOnce(t *testing.T) {
 	conn, db := chstoretest.NewDatabase(t)
 	r := rand.New(rand.NewPCG(1, 2))
-	mlog := &memLog{}
+	mlog := &memLog{perEntry: 3} // several sensor batches per raft entry
 	mlog.append(genBatches(r, 60, 300, 1)...)
 	src := &memSource{log: mlog, leader: true}
 	l := newTestLoader(t, testConfig(db), src, conn)
@@ -52,8 +52,8 @@ func TestLoaderLoadsEveryBatchOnce(t *testing.T) {
 	)
 	ctx := context.Background()
 	err := conn.QueryRow(ctx, "SELECT src_ip, src_country, class, sensor_id, src_asn, dst_port, packets, fp_mirai, seq, first_seen, bin_start FROM "+db+
-		".summary WHERE raft_index = 1 AND dst_port = ? AND src_ip = ? LIMIT 1",
-		uint16(cb.Batch.Rows.DstPort[0]), ipString(cb.Batch.Rows.SrcIp[0])).
+		".summary WHERE raft_index = ? AND seq = ? AND dst_port = ? AND src_ip = ? LIMIT 1",
+		cb.RaftIndex, cb.Batch.Sequence, uint16(cb.Batch.Rows.DstPort[0]), ipString(cb.Batch.Rows.SrcIp[0])).
 		Scan(&srcIP, &country, &class, &sensor, &asn, &port, &packets, &mirai, &seq, &first, &bin)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +79,7 @@ func ipString(b []byte) string {
 func TestLoaderCrashBeforeMarkNoDuplicates(t *testing.T) {
 	conn, db := chstoretest.NewDatabase(t)
 	r := rand.New(rand.NewPCG(3, 4))
-	mlog := &memLog{}
+	mlog := &memLog{perEntry: 2}
 	mlog.append(genBatches(r, 50, 200, 1)...)
 	src := &memSource{log: mlog, leader: true}
 
@@ -113,8 +113,8 @@ func TestLoaderCrashBeforeMarkNoDuplicates(t *testing.T) {
 	if err := conn.QueryRow(context.Background(), "SELECT count() FROM "+db+".sensor_stats").Scan(&inCH); err != nil {
 		t.Fatal(err)
 	}
-	if inCH == 0 || inCH != through {
-		t.Fatalf("after the crash sensor_stats holds %d batches, want the %d inserted before the mark", inCH, through)
+	if want := mlog.batchesThrough(through); inCH == 0 || inCH != want {
+		t.Fatalf("after the crash sensor_stats holds %d batches, want the %d inserted before the mark", inCH, want)
 	}
 
 	mlog.mu.Lock()
@@ -123,8 +123,8 @@ func TestLoaderCrashBeforeMarkNoDuplicates(t *testing.T) {
 	l2 := newTestLoader(t, testConfig(db), src, conn)
 	waitLoaded(t, mlog, time.Minute)
 	verifyExact(t, conn, db, mlog)
-	if n := testutil.ToFloat64(l2.m.skipped.WithLabelValues(TableSensorStats)); n < float64(through) {
-		t.Errorf("restarted loader skipped %v batches in sensor_stats, want at least the %d inserted before the crash", n, through)
+	if n, want := testutil.ToFloat64(l2.m.skipped.WithLabelValues(TableSensorStats)), mlog.batchesThrough(through); n < float64(want) {
+		t.Errorf("restarted loader skipped %v batches in sensor_stats, want at least the %d inserted before the crash", n, want)
 	}
 	if n := testutil.ToFloat64(l2.m.rebuilds); n == 0 {
 		t.Error("restarted loader found batches in summary but rebuilt no rollups")
@@ -178,8 +178,8 @@ func TestLoaderLeaderChange(t *testing.T) {
 	}
 	waitLoaded(t, mlog, time.Minute)
 	verifyExact(t, conn, db, mlog)
-	if testutil.ToFloat64(la.m.batches)+testutil.ToFloat64(lb.m.batches) < float64(mlog.last()) {
-		t.Errorf("loaders loaded %v + %v batches, fewer than the %d committed", testutil.ToFloat64(la.m.batches), testutil.ToFloat64(lb.m.batches), mlog.last())
+	if n := mlog.batchesThrough(mlog.last()); testutil.ToFloat64(la.m.batches)+testutil.ToFloat64(lb.m.batches) < float64(n) {
+		t.Errorf("loaders loaded %v + %v batches, fewer than the %d committed", testutil.ToFloat64(la.m.batches), testutil.ToFloat64(lb.m.batches), n)
 	}
 }
 
@@ -189,7 +189,7 @@ func TestLoaderClickHouseDownAndBack(t *testing.T) {
 	srv := chstoretest.StartServer(t)
 	conn, db := chstoretest.NewDatabaseAt(t, srv.Addr())
 	r := rand.New(rand.NewPCG(7, 8))
-	mlog := &memLog{}
+	mlog := &memLog{perEntry: 4}
 	src := &memSource{log: mlog, leader: true}
 	l := newTestLoader(t, testConfig(db), src, conn)
 	mlog.append(genBatches(r, 30, 300, 1)...)
@@ -438,8 +438,12 @@ func TestPresentBinsListAndRange(t *testing.T) {
 func TestCheckOrder(t *testing.T) {
 	mk := func(idx ...uint64) []*jasperv1.CommittedBatch {
 		var out []*jasperv1.CommittedBatch
-		for _, i := range idx {
-			out = append(out, &jasperv1.CommittedBatch{RaftIndex: i})
+		for j, i := range idx {
+			seq := uint64(j)
+			if j > 0 && i == idx[j-1] && i == 5 {
+				seq = uint64(j - 1) // {5, 5}: the same batch twice
+			}
+			out = append(out, &jasperv1.CommittedBatch{RaftIndex: i, Batch: &jasperv1.Batch{Sequence: seq}})
 		}
 		return out
 	}
@@ -451,7 +455,8 @@ func TestCheckOrder(t *testing.T) {
 		{[]uint64{5, 6, 9}, 4, true},
 		{nil, 4, true},
 		{[]uint64{4, 6}, 4, false},
-		{[]uint64{5, 5}, 0, false},
+		{[]uint64{5, 5}, 0, false}, // the same batch twice
+		{[]uint64{5, 6, 6}, 0, true},
 		{[]uint64{7, 6}, 0, false},
 	} {
 		_, err := checkOrder(mk(tc.idx...), tc.after)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -17,12 +18,18 @@ import (
 )
 
 // memLog is an in-memory stand-in for the raft store: committed batches in
-// index order and the replicated "loaded through" mark.
+// index order and the replicated "loaded through" mark. Like hub/store, it
+// may put several sensor batches in one raft entry (same index), and
+// indexes have gaps (other entry types).
 type memLog struct {
 	mu      sync.Mutex
 	batches []*jasperv1.CommittedBatch
+	index   uint64
 	loaded  uint64
 	marks   int
+	// perEntry, when above 1, packs up to that many batches into one raft
+	// entry in append.
+	perEntry int
 	// markHook, when set, runs inside MarkLoaded before the mark applies;
 	// an error from it fails the mark.
 	markHook func(ctx context.Context, through uint64) error
@@ -31,8 +38,12 @@ type memLog struct {
 func (m *memLog) append(cbs ...*jasperv1.CommittedBatch) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, cb := range cbs {
-		cb.RaftIndex = uint64(len(m.batches)) + 1
+	per := max(1, m.perEntry)
+	for i, cb := range cbs {
+		if i%per == 0 {
+			m.index += 2 // a tick or other command between batches
+		}
+		cb.RaftIndex = m.index
 		m.batches = append(m.batches, cb)
 	}
 }
@@ -40,7 +51,23 @@ func (m *memLog) append(cbs ...*jasperv1.CommittedBatch) {
 func (m *memLog) last() uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return uint64(len(m.batches))
+	if len(m.batches) == 0 {
+		return 0
+	}
+	return m.batches[len(m.batches)-1].RaftIndex
+}
+
+// batchesThrough counts the batches with a raft index up to idx.
+func (m *memLog) batchesThrough(idx uint64) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := uint64(0)
+	for _, cb := range m.batches {
+		if cb.RaftIndex <= idx {
+			n++
+		}
+	}
+	return n
 }
 
 func (m *memLog) loadedThrough() uint64 {
@@ -74,11 +101,13 @@ func (s *memSource) Pending(after uint64, maxRows int) []*jasperv1.CommittedBatc
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	from := max(after, m.loaded)
+	i := sort.Search(len(m.batches), func(i int) bool { return m.batches[i].RaftIndex > from })
 	var out []*jasperv1.CommittedBatch
 	rows := 0
-	for _, cb := range m.batches[min(from, uint64(len(m.batches))):] {
+	for _, cb := range m.batches[i:] {
 		n := batchRows(cb)
-		if len(out) > 0 && rows+n > maxRows {
+		// Never split a raft entry between answers.
+		if len(out) > 0 && rows+n > maxRows && cb.RaftIndex != out[len(out)-1].RaftIndex {
 			break
 		}
 		out = append(out, cb)
@@ -221,64 +250,66 @@ func waitLoaded(t *testing.T, m *memLog, within time.Duration) {
 }
 
 // verifyExact checks that ClickHouse holds every batch of m exactly once:
-// per raft index, summary has exactly the batch's rows and sensor_stats one
-// row; packet sums match.
+// per batch (raft index, sensor, seq), summary has exactly the batch's rows
+// and sensor_stats one row; packet sums match.
 func verifyExact(t *testing.T, conn driver.Conn, db string, m *memLog) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	m.mu.Lock()
-	wantRows := map[uint64]uint64{}
+	wantRows := map[batchKey]uint64{}
+	var all []batchKey
 	var wantPackets, wantTotal uint64
 	for _, cb := range m.batches {
+		all = append(all, keyOf(cb))
 		if n := batchRows(cb); n > 0 {
-			wantRows[cb.RaftIndex] = uint64(n)
+			wantRows[keyOf(cb)] = uint64(n)
 			wantTotal += uint64(n)
 		}
 		for _, p := range cb.Batch.Rows.GetPackets() {
 			wantPackets += p
 		}
 	}
-	nBatches := len(m.batches)
 	m.mu.Unlock()
 
-	counts := func(q string) map[uint64]uint64 {
+	counts := func(q string) map[batchKey]uint64 {
 		t.Helper()
 		rows, err := conn.Query(ctx, q)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer rows.Close()
-		got := map[uint64]uint64{}
+		got := map[batchKey]uint64{}
 		for rows.Next() {
-			var idx, n uint64
-			if err := rows.Scan(&idx, &n); err != nil {
+			var k batchKey
+			var n uint64
+			if err := rows.Scan(&k.raftIndex, &k.sensorID, &k.seq, &n); err != nil {
 				t.Fatal(err)
 			}
-			got[idx] = n
+			got[k] = n
 		}
 		return got
 	}
-	gotRows := counts("SELECT raft_index, count() FROM " + db + ".summary GROUP BY raft_index")
+	gotRows := counts("SELECT raft_index, sensor_id, seq, count() FROM " + db + ".summary GROUP BY raft_index, sensor_id, seq")
 	bad := 0
-	for idx, n := range wantRows {
-		if gotRows[idx] != n && bad < 10 {
-			t.Errorf("summary raft_index %d: %d rows, want %d", idx, gotRows[idx], n)
+	for k, n := range wantRows {
+		if gotRows[k] != n && bad < 10 {
+			t.Errorf("summary batch %+v: %d rows, want %d", k, gotRows[k], n)
 			bad++
 		}
 	}
 	if len(gotRows) != len(wantRows) {
 		t.Errorf("summary holds %d batches, want %d", len(gotRows), len(wantRows))
 	}
-	gotStats := counts("SELECT raft_index, count() FROM " + db + ".sensor_stats GROUP BY raft_index")
-	for idx := uint64(1); idx <= uint64(nBatches); idx++ {
-		if gotStats[idx] != 1 && bad < 20 {
-			t.Errorf("sensor_stats raft_index %d: %d rows, want 1", idx, gotStats[idx])
+	gotStats := counts("SELECT raft_index, sensor_id, seq, count() FROM " + db + ".sensor_stats GROUP BY raft_index, sensor_id, seq")
+	for _, k := range all {
+		if gotStats[k] != 1 && bad < 20 {
+			t.Errorf("sensor_stats batch %+v: %d rows, want 1", k, gotStats[k])
 			bad++
 		}
 	}
-	if len(gotStats) != nBatches {
-		t.Errorf("sensor_stats holds %d batches, want %d", len(gotStats), nBatches)
+	if len(gotStats) != len(all) {
+		t.Errorf("sensor_stats holds %d batches, want %d", len(gotStats), len(all))
 	}
 	var total, packets, statRows, hourPackets uint64
 	if err := conn.QueryRow(ctx, "SELECT count(), sum(packets) FROM "+db+".summary").Scan(&total, &packets); err != nil {
