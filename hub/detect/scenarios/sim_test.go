@@ -15,8 +15,10 @@ type countSink struct {
 	batches []time.Time
 }
 
-func (c *countSink) Batch(at time.Time, _ *jasperv1.CommittedBatch) { c.batches = append(c.batches, at) }
-func (c *countSink) Tick(time.Time)                                 { c.ticks++ }
+func (c *countSink) Batch(at time.Time, _ *jasperv1.CommittedBatch) {
+	c.batches = append(c.batches, at)
+}
+func (c *countSink) Tick(time.Time) { c.ticks++ }
 
 // TestSimEarlyFlushAndGaps: a new source's first packet is applied within
 // early flush + commit delay; two captures two years apart do not tick
