@@ -562,13 +562,33 @@ func (d *Demo) makeAccounts(context.Context) (string, error) {
 	return "dashboard accounts " + strings.Join(names, ", ") + " (run/accounts.yaml)", nil
 }
 
+// usedPorts are the ports handed out by freePort in this process: a port
+// probed and closed may come back from the kernel on the next probe, before
+// its user has bound it.
+var usedPorts = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: map[int]bool{}}
+
+// freePort returns a loopback port that is free now and was not handed
+// out before.
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		usedPorts.Lock()
+		fresh := !usedPorts.m[p]
+		usedPorts.m[p] = true
+		usedPorts.Unlock()
+		if fresh {
+			return p, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no fresh loopback port after 100 tries")
 }
 
 func freeAddr() (string, error) {
