@@ -108,6 +108,9 @@ type state struct {
 	byID        map[string]*openFinding
 	ended       []*jasperv1.Finding
 	stats       Stats
+	// geoVersion is the geo database version of the last enriched batch,
+	// recorded on every finding.
+	geoVersion string
 }
 
 func newState() *state {
@@ -245,6 +248,9 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	en := cb.GetEnrichment()
 	if len(en.GetSrcLabel()) != n {
 		en = nil
+	}
+	if v := en.GetGeoDbVersion(); v != "" {
+		st.geoVersion = v
 	}
 	binS := d.cfg.Bin.Milliseconds() / 1000
 	bin := b.GetBinStart() - mod(b.GetBinStart(), binS)
@@ -536,6 +542,7 @@ func (d *Detector) raise(index uint64, subject string, f *jasperv1.Finding, atMs
 		d.evictOldest()
 	}
 	f.Id = findingID(f.Type, subject, index)
+	f.GeoDbVersion = st.geoVersion
 	f.State = jasperv1.FindingState_FINDING_STATE_NEW
 	f.DetectedAtMs = atMs
 	f.UpdatedAtMs = atMs
@@ -559,6 +566,9 @@ func (d *Detector) touch(index uint64, of *openFinding, atMs int64) bool {
 	}
 	f.UpdatedAtMs = max(f.UpdatedAtMs, atMs)
 	f.UpdatedIndex = index
+	if d.st.geoVersion != "" {
+		f.GeoDbVersion = d.st.geoVersion
+	}
 	return of.announced < 0 || f.UpdatedAtMs-of.announced >= d.cfg.UpdateEvery.Milliseconds()
 }
 
@@ -847,6 +857,7 @@ func (d *Detector) Snapshot(w io.Writer) error {
 		s.SeriesEvicted, s.FindingsNew, s.FindingsEnded, s.FindingsEvicted} {
 		e.u(v)
 	}
+	e.s(st.geoVersion)
 	if e.err != nil {
 		return fmt.Errorf("write detect snapshot: %w", e.err)
 	}
@@ -917,6 +928,7 @@ func decodeState(r *bufio.Reader) (*state, error) {
 		&s.SeriesEvicted, &s.FindingsNew, &s.FindingsEnded, &s.FindingsEvicted} {
 		*p = dc.u()
 	}
+	st.geoVersion = dc.s()
 	if dc.err != nil {
 		return nil, dc.err
 	}

@@ -44,6 +44,9 @@ func TestInfectedFiresOnCrossingBatch(t *testing.T) {
 	if x.FirstSeenMs != bin*1000+100 || x.LastSeenMs != bin*1000+4500 || x.DetectedAtMs != bin*1000+4500 {
 		t.Errorf("times %d %d %d", x.FirstSeenMs, x.LastSeenMs, x.DetectedAtMs)
 	}
+	if x.GeoDbVersion != "2026-06-17" {
+		t.Errorf("geo_db_version %q", x.GeoDbVersion)
+	}
 	if x.SrcCountry != "JP" || x.SrcAsn != 64500 || !slices.Equal(x.Sensors, []string{"s1"}) ||
 		!slices.Equal(x.Classes, []jasperv1.TrafficClass{jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN}) {
 		t.Errorf("evidence %v %v %v %v", x.SrcCountry, x.SrcAsn, x.Sensors, x.Classes)
