@@ -1,0 +1,465 @@
+package clustertest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/jasperfed/jasper/hub/chstore/chstoretest"
+	"github.com/jasperfed/jasper/internal/pki"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+	"github.com/jasperfed/jasper/sensor/capture"
+	"github.com/jasperfed/jasper/sensor/summary"
+)
+
+// chSection is the hubs' clickhouse section for tests: short insert
+// timeout and leader settle (leader_settle >= insert_timeout, as the loader
+// requires), quick polling and retries.
+func chSection(addr, db string) string {
+	return fmt.Sprintf(`clickhouse:
+  addr: %q
+  database: %s
+  insert_timeout: 3s
+  leader_settle: 3s
+  poll_interval: 50ms
+  retry_min: 100ms
+  retry_max: 1s
+`, addr, db)
+}
+
+// replayPlan is what the summariser makes of a capture: per batch
+// sequence its rows and packets, and the totals.
+type replayPlan struct {
+	path             string
+	batches          uint64
+	rows, packets    uint64
+	batchRows        map[uint64]uint64
+	batchPackets     map[uint64]uint64
+	maxBatchRows     uint64
+	packetsSummarsed uint64
+}
+
+const replayBatchBytes = 2048
+
+// planReplay writes a synthetic capture (see writeCapture) and summarises
+// it in process with the configuration the sensor processes use.
+func planReplay(t *testing.T, dir string, frames int) replayPlan {
+	t.Helper()
+	p := replayPlan{path: filepath.Join(dir, "replay.pcap"), batchRows: map[uint64]uint64{}, batchPackets: map[uint64]uint64{}}
+	writeCapture(t, p.path, frames, time.Now().Add(-2*time.Minute).Truncate(time.Minute), 40*time.Minute)
+	sc := summary.DefaultConfig()
+	sc.Darknet = []netip.Prefix{sensorDarknet}
+	sc.MaxBatchBytes = replayBatchBytes
+	src, err := capture.OpenFile(p.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	totals, err := summary.RunStats(context.Background(), src, sc, func(b *jasperv1.Batch) error {
+		// The sensor numbers its batches 1, 2, ... in the order the
+		// summariser emits them.
+		p.batches++
+		n := uint64(len(b.GetRows().GetSrcIp()))
+		var pk uint64
+		for _, v := range b.GetRows().GetPackets() {
+			pk += v
+		}
+		p.batchRows[p.batches], p.batchPackets[p.batches] = n, pk
+		p.rows += n
+		p.packets += pk
+		p.maxBatchRows = max(p.maxBatchRows, n)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.packetsSummarsed = totals.PacketsSummarised
+	if p.packets != p.packetsSummarsed {
+		t.Fatalf("summariser: rows carry %d packets, stats say %d summarised", p.packets, p.packetsSummarsed)
+	}
+	t.Logf("capture: %d frames summarised into %d batches, %d rows, %d packets", frames, p.batches, p.rows, p.packets)
+	return p
+}
+
+// sensorProc is a `jasper sensor run` process replaying a capture.
+type sensorProc struct {
+	id      string
+	metrics string // http://.../metrics
+	cmd     *exec.Cmd
+}
+
+// startSensor starts a sensor process with its own certificate, spool and
+// metrics port, replaying capPath at speed into the hubs.
+func (c *cluster) startSensor(t *testing.T, id, capPath string, speed int) *sensorProc {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	files := c.issue(pki.Identity{Role: pki.RoleSensor, ID: id, Country: "JP", Prefixes: []netip.Prefix{sensorDarknet}})
+	metrics := freePort(t, "127.0.0.1")
+	cfgPath := filepath.Join(dir, "sensor.yaml")
+	cfg := fmt.Sprintf(`id: %s
+source:
+  replay: {file: %q, speed: %d}
+darknet: [%s]
+bin: 60s
+max_batch_bytes: %d
+spool: {dir: %q, max_bytes: 64MiB, segment_bytes: 64KiB}
+hubs: [%s]
+tls: {ca: %q, cert: %q, key: %q}
+uplink: {window: 8, backoff_min: 20ms, backoff_max: 300ms}
+metrics: {listen: %q}
+log: {format: text, level: info}
+`, id, capPath, speed, sensorDarknet, replayBatchBytes, filepath.Join(dir, "spool"), strings.Join(c.ingestAddrs(c.hubs...), ", "),
+		files.CA, files.Cert, files.Key, metrics)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "sensor.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(jasperBin, "sensor", "run", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			lines := strings.Split(string(b), "\n")
+			if len(lines) > 30 {
+				lines = lines[len(lines)-30:]
+			}
+			t.Logf("--- %s log:\n%s", id, strings.Join(lines, "\n"))
+		}
+	})
+	return &sensorProc{id: id, metrics: "http://" + metrics + "/metrics", cmd: cmd}
+}
+
+// drained reports whether the sensor read its capture to the end and its
+// spool is empty (every batch acked).
+func (s *sensorProc) drained() bool {
+	done, _ := metricValue(s.metrics, "jasper_sensor_source_finished")
+	depth, ok := metricValue(s.metrics, "jasper_sensor_spool_batches")
+	return done == 1 && ok && depth == 0
+}
+
+// chUint runs a query returning one UInt64.
+func chUint(conn driver.Conn, q string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var n uint64
+	err := conn.QueryRow(ctx, q).Scan(&n)
+	return n, err
+}
+
+// waitLoaded waits until ClickHouse holds wantBatches sensor_stats rows
+// and every hub reports an empty loader queue.
+func (c *cluster) waitLoaded(t *testing.T, conn driver.Conn, db string, wantBatches uint64, d time.Duration) {
+	t.Helper()
+	var got uint64
+	var lags []uint64
+	deadline := time.Now().Add(d)
+	for {
+		got, _ = chUint(conn, "SELECT count() FROM "+db+".sensor_stats")
+		lags = lags[:0]
+		for _, h := range c.hubs {
+			st, err := c.status(h)
+			if err != nil {
+				lags = append(lags, ^uint64(0))
+				continue
+			}
+			lags = append(lags, st.LoaderLagRows)
+		}
+		empty := true
+		for _, l := range lags {
+			empty = empty && l == 0
+		}
+		if got >= wantBatches && empty {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: ClickHouse holds %d of %d batches; hubs' loader lag (rows) %v", d, got, wantBatches, lags)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkExactlyOnce compares ClickHouse with what the summariser made of the
+// capture for each sensor: row count and packet sums of summary and
+// sensor_stats, the rollups' packet sums, and per batch (sensor, seq): one
+// raft index, the batch's own row count, one sensor_stats row.
+func checkExactlyOnce(t *testing.T, conn driver.Conn, db string, plan replayPlan, sensors []string) {
+	t.Helper()
+	ctx := context.Background()
+	n := uint64(len(sensors))
+	for _, q := range []struct {
+		what string
+		sql  string
+		want uint64
+	}{
+		{"summary rows", "SELECT count() FROM " + db + ".summary", n * plan.rows},
+		{"summary packets", "SELECT sum(packets) FROM " + db + ".summary", n * plan.packets},
+		{"sensor_stats batches", "SELECT count() FROM " + db + ".sensor_stats", n * plan.batches},
+		{"sensor_stats rows", "SELECT sum(rows) FROM " + db + ".sensor_stats", n * plan.rows},
+		{"sensor_stats packets_summarised", "SELECT sum(packets_summarised) FROM " + db + ".sensor_stats", n * plan.packetsSummarsed},
+		{"summary_minute packets", "SELECT sum(packets) FROM " + db + ".summary_minute", n * plan.packets},
+		{"summary_hour packets", "SELECT sum(packets) FROM " + db + ".summary_hour", n * plan.packets},
+	} {
+		got, err := chUint(conn, q.sql)
+		if err != nil {
+			t.Fatalf("%s: %v", q.what, err)
+		}
+		if got != q.want {
+			t.Errorf("%s: ClickHouse %d, sensors summarised %d", q.what, got, q.want)
+		}
+	}
+	// Per batch, in summary: one raft index and exactly the batch's rows
+	// and packets.
+	rows, err := conn.Query(ctx, "SELECT sensor_id, seq, uniqExact(raft_index), count(), sum(packets) FROM "+db+".summary GROUP BY sensor_id, seq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]map[uint64]bool{}
+	for _, s := range sensors {
+		seen[s] = map[uint64]bool{}
+	}
+	bad := 0
+	for rows.Next() {
+		var (
+			sensor              string
+			seq, idx, cnt, pkts uint64
+		)
+		if err := rows.Scan(&sensor, &seq, &idx, &cnt, &pkts); err != nil {
+			t.Fatal(err)
+		}
+		if seen[sensor] == nil {
+			t.Errorf("summary holds rows of unknown sensor %q", sensor)
+			continue
+		}
+		seen[sensor][seq] = true
+		if idx != 1 || cnt != plan.batchRows[seq] || pkts != plan.batchPackets[seq] {
+			if bad++; bad <= 10 {
+				t.Errorf("summary batch (%s, %d): %d raft indexes, %d rows, %d packets; the batch has %d rows, %d packets",
+					sensor, seq, idx, cnt, pkts, plan.batchRows[seq], plan.batchPackets[seq])
+			}
+		}
+	}
+	rows.Close()
+	for _, s := range sensors {
+		for seq := uint64(1); seq <= plan.batches; seq++ {
+			if plan.batchRows[seq] > 0 && !seen[s][seq] {
+				if bad++; bad <= 10 {
+					t.Errorf("summary lacks batch (%s, %d)", s, seq)
+				}
+			}
+		}
+	}
+	// One sensor_stats row per batch.
+	dup, err := chUint(conn, "SELECT count() FROM (SELECT sensor_id, seq FROM "+db+".sensor_stats GROUP BY sensor_id, seq HAVING count() > 1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dup != 0 {
+		t.Errorf("sensor_stats: %d batches twice or more", dup)
+	}
+	if bad > 0 || t.Failed() {
+		t.FailNow()
+	}
+	t.Logf("ClickHouse holds exactly what %d sensors summarised: %d batches, %d rows, %d packets, each batch once",
+		n, n*plan.batches, n*plan.rows, n*plan.packets)
+}
+
+// TestClickHouseExactlyOnceThroughLeaderKills replays a capture through two
+// real sensor processes into three hub processes that load a real
+// ClickHouse, while the leader is killed with SIGKILL twice and a follower
+// restarted. Afterwards ClickHouse holds exactly the summariser's batches,
+// rows and packets, each batch once.
+func TestClickHouseExactlyOnceThroughLeaderKills(t *testing.T) {
+	needBinary(t)
+	conn, db := chstoretest.NewDatabase(t)
+	c := newClusterWith(t, 3, chSection(chstoretest.Addr(t), db))
+	plan := planReplay(t, t.TempDir(), 20000)
+	c.leaderAmong(c.hubs...)
+	ids := []string{"jp-ch-1", "jp-ch-2"}
+	var sensors []*sensorProc
+	for _, id := range ids {
+		sensors = append(sensors, c.startSensor(t, id, plan.path, 120))
+	}
+	committed := func() uint64 {
+		var n uint64
+		waitFor(t, "a hub to answer", 30*time.Second, func() bool {
+			s, ok := c.sensorBatches(ids[0], c.hubs...)
+			if ok {
+				n = s.Batches
+			}
+			return ok
+		})
+		return n
+	}
+	reach := func(n uint64) {
+		waitFor(t, fmt.Sprintf("%d batches committed", n), 90*time.Second, func() bool { return committed() >= n })
+	}
+	loaded := func() uint64 { n, _ := chUint(conn, "SELECT count() FROM "+db+".sensor_stats"); return n }
+	for round := uint64(1); round <= 2; round++ {
+		reach(plan.batches * round / 5)
+		l := c.leaderAmong(c.hubs...)
+		t.Logf("kill -9 leader %s at %d batches of %s committed, %d batches in ClickHouse", l.id, committed(), ids[0], loaded())
+		c.kill(l, syscall.SIGKILL)
+		c.leaderAmong(others(c.hubs, l)...)
+		c.start(l)
+	}
+	reach(plan.batches * 3 / 5)
+	f := others(c.hubs, c.leaderAmong(c.hubs...))[0]
+	t.Logf("restart follower %s at %d batches, %d in ClickHouse", f.id, committed(), loaded())
+	c.kill(f, syscall.SIGTERM)
+	c.start(f)
+
+	waitFor(t, "the replays to finish and the sensor spools to empty", 180*time.Second, func() bool {
+		for _, s := range sensors {
+			if !s.drained() {
+				return false
+			}
+		}
+		return true
+	})
+	c.waitLoaded(t, conn, db, uint64(len(ids))*plan.batches, 120*time.Second)
+	st := c.equalStates(c.hubs...)
+	t.Logf("hubs equal at FSM index %d, loaded through %d", st.fsmIndex, st.LoadedIndex)
+	checkExactlyOnce(t, conn, db, plan, ids)
+}
+
+// hubStatusCLI runs `jasper hub status --json` against h and returns the
+// loader lag in rows and the loaded index.
+func (c *cluster) hubStatusCLI(h *procHub) (lag, loaded uint64, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, jasperBin, "hub", "status", "--hub", h.ingest, "--ca", c.admin.CA,
+		"--cert", c.admin.Cert, "--key", c.admin.Key, "--timeout", "3s", "--json").Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("jasper hub status: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		return 0, 0, fmt.Errorf("jasper hub status: %w: %s", err, out)
+	}
+	num := func(k string) (uint64, error) {
+		switch v := m[k].(type) {
+		case string: // protojson writes 64-bit integers as strings
+			return strconv.ParseUint(v, 10, 64)
+		case float64:
+			return uint64(v), nil
+		}
+		return 0, fmt.Errorf("jasper hub status: no %s in %s", k, out)
+	}
+	if lag, err = num("loader_lag_rows"); err != nil {
+		return 0, 0, err
+	}
+	loaded, err = num("loaded_index")
+	return lag, loaded, err
+}
+
+// TestClickHouseDownThenCatchUp stops a private ClickHouse server while a
+// real sensor process streams into three hub processes: `jasper hub
+// status` shows the loader lag growing, past max_pending_rows the sensor is
+// throttled and keeps its batches spooled, and once ClickHouse is back
+// the loader catches up with no loss and no duplicate.
+func TestClickHouseDownThenCatchUp(t *testing.T) {
+	needBinary(t)
+	srv := chstoretest.StartServer(t)
+	conn, db := chstoretest.NewDatabaseAt(t, srv.Addr())
+	dir := t.TempDir()
+	plan := planReplay(t, dir, 20000)
+	bound := plan.rows / 4
+	c := newClusterWith(t, 3, chSection(srv.Addr(), db)+fmt.Sprintf("max_pending_rows: %d\n", bound))
+	c.leaderAmong(c.hubs...)
+	s := c.startSensor(t, "jp-ch-down", plan.path, 60)
+	loaded := func() uint64 { n, _ := chUint(conn, "SELECT count() FROM "+db+".sensor_stats"); return n }
+	waitFor(t, "the first batches in ClickHouse", 60*time.Second, func() bool { return loaded() > 0 })
+	// Sample `jasper hub status` from before the stop until throttled.
+	var (
+		mu   sync.Mutex
+		lags []uint64
+	)
+	sampleDone := make(chan struct{})
+	stopSampling := make(chan struct{})
+	go func() {
+		defer close(sampleDone)
+		for {
+			if lag, _, err := c.hubStatusCLI(c.hubs[0]); err == nil {
+				mu.Lock()
+				if len(lags) == 0 || lag != lags[len(lags)-1] {
+					lags = append(lags, lag)
+				}
+				mu.Unlock()
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	t.Logf("stop ClickHouse with %d of %d batches loaded", loaded(), plan.batches)
+	srv.Stop()
+	stoppedAt := time.Now()
+	throttled := func() float64 {
+		v, _ := metricValue(s.metrics, `jasper_sensor_uplink_refusals_total{reason="throttle"}`)
+		return v
+	}
+	// While it is down: the lag grows, then the sensor is throttled.
+	waitFor(t, "the sensor to be throttled", 90*time.Second, func() bool { return throttled() > 0 })
+	close(stopSampling)
+	<-sampleDone
+	lag, loadedIdx, err := c.hubStatusCLI(c.hubs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	lags = append(lags, lag)
+	t.Logf("throttled %s after ClickHouse stopped; jasper hub status loader lag (rows) went %v, loaded index %d; bound %d",
+		time.Since(stoppedAt).Round(time.Millisecond), lags, loadedIdx, bound)
+	if len(lags) < 3 || lags[len(lags)-1] <= lags[0] {
+		t.Errorf("loader lag did not grow while ClickHouse was down: %v", lags)
+	}
+	if lag > bound+plan.maxBatchRows || lag+plan.maxBatchRows <= bound {
+		t.Errorf("throttled at a lag of %d rows; bound %d (largest batch %d rows)", lag, bound, plan.maxBatchRows)
+	}
+	// Held back, not lost: the sensor keeps its batches spooled.
+	waitFor(t, "the replay to finish while throttled", 90*time.Second, func() bool {
+		done, _ := metricValue(s.metrics, "jasper_sensor_source_finished")
+		return done == 1
+	})
+	depth, _ := metricValue(s.metrics, "jasper_sensor_spool_batches")
+	held, _ := c.sensorBatches("jp-ch-down", c.hubs...)
+	t.Logf("replay finished: %g batches spooled at the sensor, %d committed, %d throttle refusals", depth, held.GetBatches(), int(throttled()))
+	if depth == 0 || held.GetBatches() >= plan.batches {
+		t.Fatalf("sensor spool %g batches, hubs committed %d of %d: nothing held back", depth, held.GetBatches(), plan.batches)
+	}
+	if lag2, _, err := c.hubStatusCLI(c.hubs[1]); err != nil || lag2 > bound+plan.maxBatchRows {
+		t.Errorf("lag on %s %d (bound %d): %v", c.hubs[1].id, lag2, bound, err)
+	}
+	t.Logf("start ClickHouse after %s down", time.Since(stoppedAt).Round(time.Second))
+	srv.Start()
+	waitFor(t, "the sensor spool to empty", 180*time.Second, s.drained)
+	c.waitLoaded(t, conn, db, plan.batches, 120*time.Second)
+	st := c.equalStates(c.hubs...)
+	t.Logf("caught up: hubs equal at FSM index %d, loaded through %d", st.fsmIndex, st.LoadedIndex)
+	checkExactlyOnce(t, conn, db, plan, []string{"jp-ch-down"})
+}
