@@ -142,6 +142,9 @@ func TestSecureCookieOverTLS(t *testing.T) {
 	if code != 200 || len(resp.Cookies()) != 1 || !resp.Cookies()[0].Secure || !resp.Cookies()[0].HttpOnly {
 		t.Fatalf("login over TLS = %d cookies %+v", code, resp.Cookies())
 	}
+	if resp.Header.Get("Strict-Transport-Security") == "" {
+		t.Error("no HSTS over TLS")
+	}
 }
 
 func TestSessionExpires(t *testing.T) {
