@@ -110,6 +110,9 @@ func runSensorSummarize(ctx context.Context, args []string) error {
 		return errors.New("flag --pcap: a capture file is required")
 	}
 	cfg := def
+	// Whole bins: no early flush of partial (delta) rows, whatever the
+	// live sensor's default.
+	cfg.EarlyFlush = 0
 	cfg.Bin = *bin
 	cfg.PortCap = *portCap
 	cfg.MaxRowsPerBin = *maxRows

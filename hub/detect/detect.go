@@ -189,8 +189,9 @@ type row struct {
 	dstIPs        uint32
 	distinctPorts uint32
 	overflow      bool
-	t0, t1        int64 // event time, Unix ms
-	bin           int64 // detector bin start, Unix s
+	t0, t1        int64  // event time, Unix ms
+	bin           int64  // detector bin start, Unix s
+	seq           uint64 // sensor batch sequence
 	label         jasperv1.SourceLabel
 	country       string
 	asn           uint32
@@ -287,7 +288,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 			overflow: col(rows.Overflow, i),
 			t0:       binStartMs + int64(col(rows.FirstSeenMs, i)),
 			t1:       binStartMs + int64(col(rows.LastSeenMs, i)),
-			bin:      bin, fps: r.fps[:0],
+			bin:      bin, seq: b.GetSequence(), fps: r.fps[:0],
 		}
 		r.portKnown = (r.proto == 6 || r.proto == 17) && !r.overflow
 		if r.t1 < r.t0 {
@@ -800,7 +801,9 @@ func (d *Detector) Tracked() (hosts, victims int) {
 	return d.st.hosts.l.Len(), d.st.victims.l.Len()
 }
 
-const snapshotMagic = "jasper-detect-v1"
+// snapshotMagic names the layout; v2: dst slots carry the batch sequence
+// and the sum of earlier batches (delta rows of early flushes).
+const snapshotMagic = "jasper-detect-v2"
 
 // Snapshot writes the whole state; equal states give equal bytes.
 func (d *Detector) Snapshot(w io.Writer) error {

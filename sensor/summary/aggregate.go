@@ -25,6 +25,9 @@ type Stats struct {
 	// RowLimitDrops are darknet packets not summarised because the bin
 	// already held MaxRowsPerBin rows.
 	RowLimitDrops uint64
+	// EarlyRowsDeferred counts rows with new packets that an early flush
+	// left for later because it reached MaxEarlyRows (not in SensorStats).
+	EarlyRowsDeferred uint64
 }
 
 // Proto returns the stats as a jasperv1.SensorStats.
@@ -78,8 +81,8 @@ func (k rowKey) v6() bool                     { return k&keyV6 != 0 }
 func (k rowKey) overflowKey() rowKey { return k&^(0xffff<<32) | keyOverflow }
 
 type srcState struct {
-	rows  uint16 // ordinary (non-overflow) rows of this source in the bin
-	epoch uint16 // early-flush epoch in which the source was first seen
+	rows uint16 // ordinary (non-overflow) rows of this source in the bin
+	_    uint16
 }
 
 // rowState is 64 bytes, one cache line (chunks are page-aligned): a
@@ -128,9 +131,9 @@ type Aggregator struct {
 	arena   slotArena
 	stats   Stats
 
-	// early flush
-	epoch    uint16
-	newRows  []uint32
+	// early flush: rows with packets since the last flush, in the order
+	// of their first such packet
+	dirty    []uint32
 	flushDue int64 // Unix nanoseconds of the next early flush (event time)
 
 	batches batchBuilder
@@ -302,7 +305,7 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 			}
 			i = uint32(len(a.v6addrs))
 			a.v6addrs = append(a.v6addrs, addr)
-			a.st6 = append(a.st6, srcState{epoch: a.epoch})
+			a.st6 = append(a.st6, srcState{})
 			a.v6idx[addr] = i
 		}
 		src = i
@@ -330,6 +333,10 @@ func (a *Aggregator) addPacket(info *packet.Info, ns int64) {
 	if r.packets == 1 {
 		r.firstMs, r.lastMs = ms, ms
 		r.dst.aux = [2]uint8{info.TTL, info.TTL}
+		if a.cfg.EarlyFlush > 0 {
+			// New, or reset by the last early flush: queue it for the next.
+			a.dirty = append(a.dirty, idx)
+		}
 	} else {
 		if ms < r.firstMs {
 			r.firstMs = ms
@@ -390,7 +397,7 @@ func (a *Aggregator) newRow(k rowKey, pos int) (uint32, bool) {
 		} else {
 			var seen bool
 			if si, seen = a.srcs4.get(k.src(), uint32(len(a.st4))); !seen {
-				a.st4 = append(a.st4, srcState{epoch: a.epoch})
+				a.st4 = append(a.st4, srcState{})
 			}
 		}
 		ss = &a.st4[si]
@@ -400,7 +407,7 @@ func (a *Aggregator) newRow(k rowKey, pos int) (uint32, bool) {
 		idx, opos, found := a.findRow(ok)
 		if !found {
 			var made bool
-			if idx, made = a.insert(ok, opos, ss.epoch); !made {
+			if idx, made = a.insert(ok, opos); !made {
 				return 0, false
 			}
 			a.ovPorts[idx] = uint32(len(a.ports))
@@ -409,7 +416,7 @@ func (a *Aggregator) newRow(k rowKey, pos int) (uint32, bool) {
 		// The caller adds k's port to the row's port set.
 		return idx, true
 	}
-	idx, made := a.insert(k, pos, ss.epoch)
+	idx, made := a.insert(k, pos)
 	if !made {
 		return 0, false
 	}
@@ -426,7 +433,7 @@ func (a *Aggregator) srcAddr(k rowKey) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(s >> 24), byte(s >> 16), byte(s >> 8), byte(s)})
 }
 
-func (a *Aggregator) insert(k rowKey, pos int, epoch uint16) (uint32, bool) {
+func (a *Aggregator) insert(k rowKey, pos int) (uint32, bool) {
 	if a.nrows >= a.cfg.MaxRowsPerBin {
 		return 0, false
 	}
@@ -438,9 +445,6 @@ func (a *Aggregator) insert(k rowKey, pos int, epoch uint16) (uint32, bool) {
 	r := a.row(idx)
 	*r = rowState{key: k}
 	a.putRow(k, idx, pos)
-	if a.cfg.EarlyFlush > 0 && epoch == a.epoch {
-		a.newRows = append(a.newRows, idx)
-	}
 	return idx, true
 }
 
@@ -489,6 +493,7 @@ func (a *Aggregator) addTotals() {
 	t.OverflowRows += s.OverflowRows
 	t.PacketsSummarised += s.PacketsSummarised
 	t.RowLimitDrops += s.RowLimitDrops
+	t.EarlyRowsDeferred += s.EarlyRowsDeferred
 }
 
 func (a *Aggregator) reset() {
@@ -504,29 +509,45 @@ func (a *Aggregator) reset() {
 	a.ports = a.ports[:0]
 	a.arena.reset()
 	a.stats = Stats{}
-	a.newRows = a.newRows[:0]
-	a.epoch = 0
+	a.dirty = a.dirty[:0]
 }
 
-// EarlyFlush emits, as a Partial batch, the rows of the sources first seen
-// since the previous early flush (their counts so far), then resets those
-// rows so that later batches of the bin carry only what comes after.
+// EarlyFlush emits, as Partial batches, delta rows for the rows with new
+// packets since the previous early flush (new sources and known ones), at
+// most Config.MaxEarlyRows of them, oldest activity first, then resets
+// those rows so that later batches of the bin carry only what comes after.
+// Rows left over stay queued (Stats.EarlyRowsDeferred counts them). The
+// open bin's stats so far go with the first batch.
 func (a *Aggregator) EarlyFlush() error {
-	if !a.open || len(a.newRows) == 0 {
-		a.epoch++
+	if !a.open || len(a.dirty) == 0 {
 		return nil
 	}
-	err := a.batches.build(a, a.newRows, true, a.emit)
+	n := len(a.dirty)
+	if max := a.cfg.MaxEarlyRows; max > 0 && n > max {
+		a.stats.EarlyRowsDeferred += uint64(n - max)
+		n = max
+	}
+	ship := a.dirty[:n]
+	err := a.batches.build(a, ship, true, a.emit)
 	a.addTotals()
 	a.stats = Stats{}
-	for _, i := range a.newRows {
+	for _, i := range ship {
 		r := a.row(i)
-		*r = rowState{key: r.key}
+		r.reset(&a.arena)
 		if r.key.overflow() {
-			a.ports[a.ovPorts[i]] = distinct{}
+			a.ports[a.ovPorts[i]].reset(&a.arena)
 		}
 	}
-	a.newRows = a.newRows[:0]
-	a.epoch++
+	a.dirty = a.dirty[:copy(a.dirty, a.dirty[n:])]
 	return err
+}
+
+// reset empties a row shipped by an early flush, keeping its key and its
+// sketch slot (cleared), so that repeated flushes of a busy row do not use
+// up the bin's slots.
+func (r *rowState) reset(arena *slotArena) {
+	d := r.dst
+	*r = rowState{key: r.key}
+	r.dst = d
+	r.dst.reset(arena)
 }

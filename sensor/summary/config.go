@@ -19,7 +19,28 @@
 // batch is split, an early flush (Config.EarlyFlush) ships partial rows,
 // and a late packet for a bin already sealed on the wall clock ships in a
 // further batch of that bin. dst_ips and distinct_ports are distinct counts
-// per batch, so summing them over the batches of one bin may over-count.
+// per batch, so summing them over the batches of one bin may over-count:
+// a destination (or port) reached in two early-flush intervals of the bin
+// is counted once in each of the two rows. Consumers that need a bound
+// take, per bin, the sum over batches of the largest per-row count (a
+// lower bound of each batch's distinct destinations, summed; hub/detect
+// does so) or the maximum (a lower bound of the bin's).
+//
+// # Early flush (the sightings fast path)
+//
+// With Config.EarlyFlush > 0 (default 2 s), every EarlyFlush of event time
+// (and, for live sources, of wall-clock time) the aggregator ships as a
+// Partial batch a delta row for every row with new packets since the
+// previous flush, new sources and known ones alike, and resets those rows
+// (keeping their sketch slots), so that the packet that takes a source over
+// a hub detector's threshold reaches the hub within about EarlyFlush plus
+// the uplink's round trip instead of at bin close. Rows with new packets
+// are queued when they get their first packet since the last flush (no
+// per-packet work on known keys beyond one compare); at most
+// Config.MaxEarlyRows rows ship per early flush, oldest activity first, and
+// the rest stay queued for the next flush or the bin's seal (counted in
+// Stats.EarlyRowsDeferred). Memory stays bounded: the queue holds row
+// indexes, at most MaxRowsPerBin.
 //
 // The functions here are not safe for concurrent use unless stated.
 package summary
@@ -45,9 +66,14 @@ type Config struct {
 	MaxRowsPerBin int
 	// MaxBatchBytes bounds the encoded size of a Batch (default 64 KiB).
 	MaxBatchBytes int
-	// EarlyFlush, when > 0, ships rows of sources first seen in the open
-	// bin every EarlyFlush as Partial batches. 0: off.
+	// EarlyFlush, when > 0, ships every EarlyFlush the rows with new
+	// packets since the previous flush as Partial batches of delta rows
+	// (default 2 s; see "Early flush"). 0: off, a bin ships when it closes
+	// (what `jasper sensor summarize` uses, for whole-bin rows).
 	EarlyFlush time.Duration
+	// MaxEarlyRows caps the rows one early flush ships (default 20,000);
+	// the rest wait for the next flush or the seal.
+	MaxEarlyRows int
 	// Grace is how long after a bin's end the wall clock waits before a
 	// live source's bin is sealed without a later packet (default 5 s).
 	Grace time.Duration
@@ -63,6 +89,8 @@ func DefaultConfig() Config {
 		PortCap:       64,
 		MaxRowsPerBin: 2_000_000,
 		MaxBatchBytes: 64 << 10,
+		EarlyFlush:    2 * time.Second,
+		MaxEarlyRows:  20_000,
 		Grace:         5 * time.Second,
 		MaxSketches:   1 << 18,
 	}
@@ -93,6 +121,9 @@ func (c Config) Validate() error {
 	}
 	if c.EarlyFlush < 0 {
 		errs = append(errs, fmt.Errorf("early_flush: %v is negative", c.EarlyFlush))
+	}
+	if c.EarlyFlush > 0 && c.MaxEarlyRows < 1 {
+		errs = append(errs, fmt.Errorf("max_early_rows: %d must be at least 1 with early_flush on", c.MaxEarlyRows))
 	}
 	if c.Grace < 0 {
 		errs = append(errs, fmt.Errorf("grace: %v is negative", c.Grace))

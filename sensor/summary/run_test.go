@@ -75,6 +75,7 @@ func TestRunLiveSealsOnWallClock(t *testing.T) {
 		src.push(synFrame(t, net.IP{203, 0, 113, 2}))
 		cfg := summary.DefaultConfig()
 		cfg.Grace = 2 * time.Second
+		cfg.EarlyFlush = 0 // the seal, not an early flush, ships the rows
 		batches := make(chan *jasperv1.Batch, 10)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error)

@@ -90,7 +90,9 @@ func add(t *testing.T, a *summary.Aggregator, ts time.Time, info packet.Info) {
 }
 
 func TestRowFields(t *testing.T) {
-	a, c := newAgg(t, summary.DefaultConfig())
+	cfg := summary.DefaultConfig()
+	cfg.EarlyFlush = 0 // whole-bin rows
+	a, c := newAgg(t, cfg)
 	p := syn("203.0.113.5", "198.51.100.1", 23)
 	p.Fingerprints = packet.FPMirai | packet.FPMasscan
 	add(t, a, t0.Add(1500*time.Millisecond), p)
@@ -289,6 +291,7 @@ func TestRowLimitKeepsOverflowRows(t *testing.T) {
 func TestBatchSizeBound(t *testing.T) {
 	cfg := summary.DefaultConfig()
 	cfg.MaxBatchBytes = 4096
+	cfg.EarlyFlush = 0 // one seal: only its first batch carries the stats
 	a, c := newAgg(t, cfg)
 	const n = 20000
 	for i := range n {

@@ -157,7 +157,25 @@ func TestMasscanCaptureScannerFound(t *testing.T) {
 	if len(ih) != 1 {
 		t.Fatalf("want 1 infected-host finding, got %d", len(ih))
 	}
-	f := ih[0]
+	// The sensor's early flushes raise the finding on the first seconds of
+	// the scan; its counters grow with every later batch (the lists follow
+	// at the next announcement).
+	cur := d.Findings(detect.Filter{Types: []jasperv1.FindingType{jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST}})
+	if len(cur) != 1 || cur[0].Id != ih[0].Id {
+		t.Fatalf("findings held %v, announced %v", cur, ih)
+	}
+	if ih[0].Fingerprints["masscan"] < 1 || len(ih[0].Ports) == 0 {
+		t.Errorf("announced evidence: fingerprints %v, ports %v", ih[0].Fingerprints, ih[0].Ports)
+	}
+	f := cur[0]
+	if f.Packets < 1000 {
+		t.Errorf("finding holds %d packets, want the 1,001 probes", f.Packets)
+	}
+	// End it to get the final lists.
+	if _, err := d.Apply(uint64(len(bs)+1), detect.EndCommand(f.Id, "test")); err != nil {
+		t.Fatal(err)
+	}
+	f = d.Findings(detect.Filter{Types: []jasperv1.FindingType{jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST}})[0]
 	if a, _ := netip.AddrFromSlice(f.SrcIp); a != netip.MustParseAddr("172.31.15.102") {
 		t.Errorf("finding for %s", a)
 	}
