@@ -187,7 +187,7 @@ func attachDashboards(h *hub.Hub) error {
 		if err != nil {
 			return fmt.Errorf("dashboards.tls_cert/tls_key: %w", err)
 		}
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
 	case sec.InsecurePlaintext:
 		h.Log().Warn("dashboards_plaintext", "listen", sec.Listen, "reason", "dashboards.insecure_plaintext is set: local demo only")
 	default:
