@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/jasperfed/jasper/hub/chstore"
 	"github.com/jasperfed/jasper/hub/chstore/chstoretest"
 	"github.com/jasperfed/jasper/internal/pki"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
@@ -462,4 +464,353 @@ func TestClickHouseDownThenCatchUp(t *testing.T) {
 	st := c.equalStates(c.hubs...)
 	t.Logf("caught up: hubs equal at FSM index %d, loaded through %d", st.fsmIndex, st.LoadedIndex)
 	checkExactlyOnce(t, conn, db, plan, []string{"jp-ch-down"})
+}
+
+// hubsCPU sums the user and system CPU time of the running hub
+// processes (from /proc/PID/stat; 0 where it cannot be read).
+func (c *cluster) hubsCPU() time.Duration {
+	var ticks uint64
+	for _, h := range c.hubs {
+		h.mu.Lock()
+		cmd := h.cmd
+		h.mu.Unlock()
+		if cmd == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command: state is field 3,
+		// utime and stime are fields 14 and 15.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 {
+			u, _ := strconv.ParseUint(f[11], 10, 64)
+			s, _ := strconv.ParseUint(f[12], 10, 64)
+			ticks += u + s
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// restartWith stops every hub, applies the replacements to each hub's
+// configuration file and starts them again (same data folders).
+func (c *cluster) restartWith(repl ...string) {
+	c.t.Helper()
+	r := strings.NewReplacer(repl...)
+	for _, h := range c.hubs {
+		c.kill(h, syscall.SIGTERM)
+		b, err := os.ReadFile(h.cfgPath)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if err := os.WriteFile(h.cfgPath, []byte(r.Replace(string(b))), 0o600); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	for _, h := range c.hubs {
+		c.start(h)
+	}
+}
+
+// benchBatch is a well-formed batch of n distinct rows in bin.
+func benchBatch(seq uint64, bin int64, n int) *jasperv1.Batch {
+	r := &jasperv1.Rows{}
+	for i := range n {
+		r.SrcIp = append(r.SrcIp, []byte{45, byte(seq % 200), byte(i / 250), byte(i % 250)})
+		r.Protocol = append(r.Protocol, 6)
+		r.DstPort = append(r.DstPort, uint32(1+i%1000))
+		r.IcmpType = append(r.IcmpType, 0)
+		r.IcmpCode = append(r.IcmpCode, 0)
+		r.Class = append(r.Class, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN)
+		r.Packets = append(r.Packets, uint64(1+i%7))
+		r.Bytes = append(r.Bytes, uint64(60*(1+i%7)))
+		r.DstIps = append(r.DstIps, 1)
+		r.FirstSeenMs = append(r.FirstSeenMs, 10)
+		r.LastSeenMs = append(r.LastSeenMs, 20)
+		r.TtlMin = append(r.TtlMin, 50)
+		r.TtlMax = append(r.TtlMax, 60)
+		r.DistinctPorts = append(r.DistinctPorts, 1)
+		r.Overflow = append(r.Overflow, false)
+		r.Fragments = append(r.Fragments, 0)
+	}
+	return &jasperv1.Batch{Sequence: seq, BinStart: bin, BinSeconds: 60, Rows: r}
+}
+
+// streamBatches sends batches over one stream to addr keeping at most
+// window unacked, paced to one batch every gap (0: as fast as acks allow),
+// and returns each batch's ack latency.
+func (c *cluster) streamBatches(ctx context.Context, s *sensor, addr string, batches []*jasperv1.Batch, window int, gap time.Duration) ([]time.Duration, error) {
+	st, err := jasperv1.NewIngestServiceClient(c.conn(addr, s.files)).Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Send(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Hello{Hello: &jasperv1.Hello{SensorId: s.id, Prefixes: []string{sensorDarknet.String()}}}}); err != nil {
+		return nil, err
+	}
+	if r, err := st.Recv(); err != nil || r.GetWelcome() == nil {
+		return nil, fmt.Errorf("hello: %v %v", r, err)
+	}
+	sent := make(map[uint64]time.Time, len(batches))
+	var mu sync.Mutex
+	credit := make(chan struct{}, window)
+	sendErr := make(chan error, 1)
+	go func() {
+		next := time.Now()
+		for _, b := range batches {
+			if gap > 0 {
+				time.Sleep(time.Until(next))
+				next = next.Add(gap)
+			}
+			select {
+			case credit <- struct{}{}:
+			case <-ctx.Done():
+				sendErr <- ctx.Err()
+				return
+			}
+			mu.Lock()
+			sent[b.Sequence] = time.Now()
+			mu.Unlock()
+			if err := st.Send(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Batch{Batch: b}}); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- nil
+	}()
+	lat := make([]time.Duration, 0, len(batches))
+	for range batches {
+		r, err := st.Recv()
+		if err != nil {
+			return lat, err
+		}
+		a := r.GetAck()
+		if a == nil {
+			return lat, fmt.Errorf("answer %v", r)
+		}
+		mu.Lock()
+		lat = append(lat, time.Since(sent[a.Sequence]))
+		mu.Unlock()
+		<-credit
+	}
+	_ = st.CloseSend()
+	return lat, <-sendErr
+}
+
+func pct(lat []time.Duration, p int) time.Duration {
+	if len(lat) == 0 {
+		return 0
+	}
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+// plainInsert inserts the rows of batches into db.summary (schema
+// migrated, views attached) with a plain clickhouse-go batch insert, row
+// by row Append, in blocks of blockRows, and returns the elapsed time.
+func plainInsert(t *testing.T, conn driver.Conn, db, sensorID string, batches []*jasperv1.Batch, blockRows int) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	q := "INSERT INTO " + db + ".summary (bin_start, sensor_id, sensor_country, src_ip, src_country, src_asn, src_label, " +
+		"protocol, dst_port, icmp_type, icmp_code, class, packets, bytes, dst_ips, first_seen, last_seen, ttl_min, ttl_max, " +
+		"distinct_ports, overflow, fragments, fp_mirai, fp_zmap, fp_masscan, raft_index, seq)"
+	start := time.Now()
+	var b driver.Batch
+	rows := 0
+	send := func() {
+		if b == nil {
+			return
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+		b, rows = nil, 0
+	}
+	for i, bt := range batches {
+		bin := time.Unix(bt.BinStart, 0).UTC()
+		r := bt.Rows
+		for j := range r.SrcIp {
+			if b == nil {
+				var err error
+				if b, err = conn.PrepareBatch(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ip, _ := netip.AddrFromSlice(r.SrcIp[j])
+			var ov uint8
+			if r.Overflow[j] {
+				ov = 1
+			}
+			if err := b.Append(bin, sensorID, "JP", ip.String(), "", uint32(0), uint8(0), uint8(r.Protocol[j]), uint16(r.DstPort[j]),
+				uint8(r.IcmpType[j]), uint8(r.IcmpCode[j]), "tcp_syn", r.Packets[j], r.Bytes[j], r.DstIps[j],
+				bin.Add(time.Duration(r.FirstSeenMs[j])*time.Millisecond).Truncate(time.Second),
+				bin.Add(time.Duration(r.LastSeenMs[j])*time.Millisecond).Truncate(time.Second),
+				uint8(r.TtlMin[j]), uint8(r.TtlMax[j]), r.DistinctPorts[j], ov, r.Fragments[j],
+				uint64(0), uint64(0), uint64(0), uint64(i+1), bt.Sequence); err != nil {
+				t.Fatal(err)
+			}
+			if rows++; rows >= blockRows {
+				send()
+			}
+		}
+	}
+	send()
+	return time.Since(start)
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// TestEndToEndThroughput measures summary rows per second from sensor
+// streams through a 3-hub raft cluster (hub processes, mTLS, production
+// raft timeouts) into ClickHouse, counted when the rows are in ClickHouse
+// (count() of summary), and the ack latency the sensors see; then a plain
+// clickhouse-go batch insert of the same rows into the same server. It
+// reports figures and asserts only that every row arrived once. Set
+// JASPER_E2E_BENCH=1 to run it (hub/BENCHMARKS.md); JASPER_E2E_ROWS
+// (default 1,000,000) and JASPER_E2E_RATE (rows/s of the paced phase,
+// default 100,000) size it.
+func TestEndToEndThroughput(t *testing.T) {
+	needBinary(t)
+	if os.Getenv("JASPER_E2E_BENCH") == "" {
+		t.Skip("benchmark: set JASPER_E2E_BENCH=1 (and JASPER_TEST_CLICKHOUSE) to run it")
+	}
+	conn, db := chstoretest.NewDatabase(t)
+	const nSensors, batchRows = 4, 500
+	window := envInt("JASPER_E2E_WINDOW", 16)
+	total := envInt("JASPER_E2E_ROWS", 1_000_000)
+	rate := envInt("JASPER_E2E_RATE", 40_000)
+	perSensor := total / nSensors / batchRows
+	total = perSensor * nSensors * batchRows
+	c := newClusterWith(t, 3, chSection(chstoretest.Addr(t), db)+"max_pending_rows: 20000000\n")
+	// Production raft timeouts and snapshot cadence (the harness's short
+	// ones make a loaded leader step down and snapshot constantly).
+	c.restartWith("heartbeat_timeout: 300ms", "heartbeat_timeout: 1s", "election_timeout: 300ms", "election_timeout: 1s",
+		"leader_lease_timeout: 150ms", "leader_lease_timeout: 500ms", "commit_timeout: 10ms", "commit_timeout: 50ms",
+		"snapshot_threshold: 16", "snapshot_threshold: 8192", "snapshot_interval: 300ms", "snapshot_interval: 120s",
+		"trailing_logs: 4", "trailing_logs: 10240", "insert_timeout: 3s", "insert_timeout: 15s", "leader_settle: 3s", "leader_settle: 15s")
+	leader := c.leaderAmong(c.hubs...)
+	var sensors []*sensor
+	for i := range nSensors {
+		sensors = append(sensors, c.newSensor(fmt.Sprintf("bench-%d", i)))
+	}
+	// The loader settles (leader_settle) and creates the schema first.
+	waitFor(t, "the loader to create the schema", 60*time.Second, func() bool {
+		n, err := chUint(conn, "SELECT count() FROM system.tables WHERE database = '"+db+"' AND name = 'summary'")
+		return err == nil && n == 1
+	})
+	loadedRows := func() uint64 { n, _ := chUint(conn, "SELECT count() FROM "+db+".summary"); return n }
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+
+	// phase runs every sensor's batches (gap 0: saturated) and waits until
+	// ClickHouse holds want rows.
+	phase := func(name string, data [][]*jasperv1.Batch, gap time.Duration, want uint64) {
+		t.Helper()
+		rows := 0
+		for _, d := range data {
+			for _, b := range d {
+				rows += len(b.Rows.SrcIp)
+			}
+		}
+		start := time.Now()
+		cpu0 := c.hubsCPU()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var lat []time.Duration
+		var errs []error
+		var maxLag uint64
+		done := make(chan struct{})
+		go func() { // loader lag while streaming
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(250 * time.Millisecond):
+				}
+				if st, err := c.status(leader); err == nil {
+					mu.Lock()
+					maxLag = max(maxLag, st.LoaderLagRows)
+					mu.Unlock()
+				}
+			}
+		}()
+		for i, s := range sensors {
+			wg.Go(func() {
+				l, err := c.streamBatches(ctx, s, leader.ingest, data[i], window, gap)
+				mu.Lock()
+				lat = append(lat, l...)
+				if err != nil {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		acked := time.Since(start)
+		close(done)
+		if len(errs) > 0 {
+			t.Fatalf("%s: %v", name, errs)
+		}
+		waitFor(t, fmt.Sprintf("%d rows in ClickHouse", want), 5*time.Minute, func() bool { return loadedRows() >= want })
+		inCH := time.Since(start)
+		cpu := c.hubsCPU() - cpu0
+		t.Logf("%s: hub processes used %.1f CPU-seconds (%.1f per second of the run, %.1f per million rows)",
+			name, cpu.Seconds(), cpu.Seconds()/inCH.Seconds(), cpu.Seconds()*1e6/float64(rows))
+		t.Logf("%s: %d rows, %d batches of %d rows from %d sensors (window %d): acked in %s (%.0f rows/s), in ClickHouse after %s: %.0f rows/s end to end; ack latency p50 %s p99 %s max %s; max loader lag %d rows",
+			name, rows, len(lat), batchRows, len(sensors), window, acked.Round(time.Millisecond), float64(rows)/acked.Seconds(),
+			inCH.Round(time.Millisecond), float64(rows)/inCH.Seconds(), pct(lat, 50).Round(100*time.Microsecond),
+			pct(lat, 99).Round(100*time.Microsecond), pct(lat, 100).Round(100*time.Microsecond), maxLag)
+	}
+	bin := time.Now().Unix() / 60 * 60
+	mk := func(first uint64, n int) [][]*jasperv1.Batch {
+		var out [][]*jasperv1.Batch
+		for range sensors {
+			var d []*jasperv1.Batch
+			for k := range n {
+				d = append(d, benchBatch(first+uint64(k), bin, batchRows))
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+	saturated := mk(1, perSensor)
+	phase("saturated", saturated, 0, uint64(total))
+	// Paced: rate rows/s in all for about 15 s.
+	perPaced := max(1, rate*15/nSensors/batchRows)
+	gap := time.Duration(float64(time.Second) * float64(nSensors*batchRows) / float64(rate))
+	phase(fmt.Sprintf("paced %d rows/s", rate), mk(uint64(perSensor)+1, perPaced), gap, uint64(total+perPaced*nSensors*batchRows))
+
+	// Exactly once.
+	var dup uint64
+	dup, err := chUint(conn, "SELECT count() FROM (SELECT sensor_id, seq FROM "+db+".summary GROUP BY sensor_id, seq HAVING count() != "+strconv.Itoa(batchRows)+" OR uniqExact(raft_index) != 1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := loadedRows(); dup != 0 || n != uint64(total+perPaced*nSensors*batchRows) {
+		t.Fatalf("ClickHouse holds %d rows, %d batches wrong; want %d rows", n, dup, total+perPaced*nSensors*batchRows)
+	}
+
+	// Baseline: the same rows (the saturated phase) with a plain batch
+	// insert into a fresh database of the same server, schema and views
+	// as the loader's, in blocks of the loader's max_rows_per_insert.
+	pconn, pdb := chstoretest.NewDatabase(t)
+	if _, err := chstore.Migrate(context.Background(), pconn, pdb); err != nil {
+		t.Fatal(err)
+	}
+	var flat []*jasperv1.Batch
+	for _, d := range saturated {
+		flat = append(flat, d...)
+	}
+	el := plainInsert(t, pconn, pdb, "bench", flat, chstore.DefaultConfig().MaxRowsPerInsert)
+	if n, _ := chUint(pconn, "SELECT count() FROM "+pdb+".summary"); n != uint64(total) {
+		t.Fatalf("plain insert: %d rows, want %d", n, total)
+	}
+	t.Logf("plain clickhouse-go batch insert of the same %d rows (blocks of %d): %s, %.0f rows/s",
+		total, chstore.DefaultConfig().MaxRowsPerInsert, el.Round(time.Millisecond), float64(total)/el.Seconds())
 }
