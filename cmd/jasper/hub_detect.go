@@ -5,12 +5,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
 
 	"github.com/jasperfed/jasper/dashboards"
 	"github.com/jasperfed/jasper/hub"
 	"github.com/jasperfed/jasper/hub/detect"
 	"github.com/jasperfed/jasper/hub/enrich"
 	"github.com/jasperfed/jasper/internal/config"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 // The detection extensions of `jasper hub run`:
@@ -154,13 +158,36 @@ func attachDetect(h *hub.Hub) error {
 		return err
 	}
 	h.RegisterModule(det)
+	log := h.Log().With("component", "detect")
+	det.OnFinding(logFinding(log))
 	det.OnFinding(publishHubFindings(h))
 	setDashboardsFindings(detectFindings(det))
-	h.Log().With("component", "detect").Info("detectors_registered",
+	log.Info("detectors_registered",
 		"infected_host", dc.Infected.Enabled, "dos_victim", dc.DoS.Enabled, "port_surge", dc.PortSurge.Enabled,
 		"new_port", dc.NewPort.Enabled, "fingerprint_surge", dc.Fingerprint.Enabled, "country_surge", dc.CountrySurge.Enabled,
 		"include_bogon_sources", dc.IncludeBogonSources)
 	return nil
+}
+
+// logFinding logs every new and ended finding (one line each, at apply
+// time on every hub; continuing updates are not logged).
+func logFinding(log *slog.Logger) func(*jasperv1.Finding) {
+	return func(f *jasperv1.Finding) {
+		msg := "finding_new"
+		switch f.State {
+		case jasperv1.FindingState_FINDING_STATE_CONTINUING:
+			return
+		case jasperv1.FindingState_FINDING_STATE_ENDED:
+			msg = "finding_ended"
+		}
+		var src string
+		if a, ok := netip.AddrFromSlice(f.SrcIp); ok {
+			src = a.Unmap().String()
+		}
+		log.Info(msg, "id", f.Id, "type", strings.ToLower(strings.TrimPrefix(f.Type.String(), "FINDING_TYPE_")),
+			"src", src, "src_country", f.SrcCountry, "port", f.Port, "country", f.Country,
+			"packets", f.Packets, "detected_at_ms", f.DetectedAtMs, "first_seen_ms", f.FirstSeenMs, "index", f.UpdatedIndex)
+	}
 }
 
 // detectFindings lists the detector's findings (open and recently ended)
