@@ -884,7 +884,7 @@ func (d *Demo) Stop(ctx context.Context) error {
 		stop("front page", func() error {
 			c, cancel := bounded(3 * time.Second)
 			defer cancel()
-			return d.front.Shutdown(c)
+			return shutdownHTTP(c, d.front)
 		})
 	}
 	for i := len(d.hubs) - 1; i >= 0; i-- {
@@ -900,7 +900,7 @@ func (d *Demo) Stop(ctx context.Context) error {
 	}
 	if d.hooks != nil {
 		stop("webhook receiver", func() error {
-			c, cancel := bounded(3 * time.Second)
+			c, cancel := bounded(time.Second)
 			defer cancel()
 			return d.hooks.Stop(c)
 		})

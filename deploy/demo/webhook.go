@@ -100,9 +100,22 @@ func (w *WebhookReceiver) Findings() map[string]int {
 	return out
 }
 
-// Stop closes the server, waiting up to ctx for requests in flight.
+// Stop closes the server, waiting up to ctx for requests in flight, then
+// closing whatever connections are left (a sender's fresh connection
+// that never carried a request would hold Shutdown for seconds).
 func (w *WebhookReceiver) Stop(ctx context.Context) error {
-	return w.srv.Shutdown(ctx)
+	return shutdownHTTP(ctx, w.srv)
+}
+
+// shutdownHTTP shuts srv down gracefully until ctx ends, then closes it.
+func shutdownHTTP(ctx context.Context, srv *http.Server) error {
+	if err := srv.Shutdown(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return srv.Close()
+		}
+		return err
+	}
+	return nil
 }
 
 func (w *WebhookReceiver) receive(rw http.ResponseWriter, r *http.Request) {
