@@ -16,23 +16,51 @@ const (
 	TableSummaryMinute  = "summary_minute"
 	TableSummaryHour    = "summary_hour"
 	TableSummaryASNHour = "summary_asn_hour"
-	TableSensorStats    = "sensor_stats"
-	TableMigrations     = "schema_migrations"
+	// Dashboard rollups (migration 2): few keys, uniqHLL12 source states.
+	TableClassMinute = "summary_class_minute"
+	TableClassHour   = "summary_class_hour"
+	TableCountryHour = "summary_country_hour"
+	TablePortHour    = "summary_port_hour"
+	TableSensorStats = "sensor_stats"
+	TableMigrations  = "schema_migrations"
 )
 
 // PartitionedTables are the tables partitioned by day (toYYYYMMDD of their
 // time column); retention drops their old partitions.
 var PartitionedTables = []string{
 	TableSummary, TableSummaryMinute, TableSummaryHour, TableSummaryASNHour, TableSensorStats,
+	TableClassMinute, TableClassHour, TableCountryHour, TablePortHour,
+}
+
+// RollupTables are the tables filled by materialized views from summary,
+// in the order RebuildRollups recomputes them.
+var RollupTables = []string{
+	TableSummaryMinute, TableSummaryHour, TableSummaryASNHour,
+	TableClassMinute, TableClassHour, TableCountryHour, TablePortHour,
+}
+
+// rollupInsertColumns lists each rollup's columns in the order of its view's
+// SELECT; RebuildRollups names them in its INSERT.
+var rollupInsertColumns = map[string]string{
+	TableSummaryMinute:  "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableSummaryHour:    "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableSummaryASNHour: "t, src_asn, src_country, packets, bytes, sources",
+	TableClassMinute:    "t, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableClassHour:      "t, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableCountryHour:    "t, src_country, packets, bytes, sources",
+	TablePortHour:       "t, protocol, dst_port, packets, bytes, sources",
 }
 
 // migration is one numbered schema step. Every statement is idempotent
 // (IF NOT EXISTS), because ClickHouse DDL is not transactional: a run that
-// stopped half-way is simply run again.
+// stopped half-way is simply run again. after, when set, runs once the
+// statements succeeded and before the version is recorded; it must be
+// idempotent too.
 type migration struct {
 	version int
 	name    string
 	stmts   []string
+	after   func(ctx context.Context, conn driver.Conn, db string) error
 }
 
 // summaryColumns lists summary's columns in insert order. The loader names
@@ -72,6 +100,28 @@ GROUP BY t, sensor_id, src_country, protocol, dst_port, class`,
   uniqState(src_ip) AS sources
 FROM {{db}}.summary %s
 GROUP BY t, src_asn, src_country`,
+	TableClassMinute: `SELECT toStartOfMinute(bin_start) AS t, class,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  sum(fp_mirai) AS fp_mirai, sum(fp_zmap) AS fp_zmap, sum(fp_masscan) AS fp_masscan,
+  uniqHLL12State(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, class`,
+	TableClassHour: `SELECT toStartOfHour(bin_start) AS t, class,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  sum(fp_mirai) AS fp_mirai, sum(fp_zmap) AS fp_zmap, sum(fp_masscan) AS fp_masscan,
+  uniqHLL12State(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, class`,
+	TableCountryHour: `SELECT toStartOfHour(bin_start) AS t, src_country,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  uniqHLL12State(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, src_country`,
+	TablePortHour: `SELECT toStartOfHour(bin_start) AS t, protocol, dst_port,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  uniqHLL12State(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, protocol, dst_port`,
 }
 
 func viewSelect(table, where string) string { return fmt.Sprintf(rollupSelect[table], where) }
@@ -165,8 +215,56 @@ ORDER BY (t, src_asn, src_country)`,
 		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_minute_mv TO {{db}}.summary_minute AS ` + viewSelect(TableSummaryMinute, ""),
 		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_hour_mv TO {{db}}.summary_hour AS ` + viewSelect(TableSummaryHour, ""),
 		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_asn_hour_mv TO {{db}}.summary_asn_hour AS ` + viewSelect(TableSummaryASNHour, ""),
+	}, nil},
+	// The dashboards' questions without a sensor filter (overview by
+	// class, map and top countries, top ports) read these: a day holds a
+	// few thousand uniqHLL12 states instead of millions of uniq states.
+	// The views are created before the backfill, so rows loaded from then
+	// on reach the new tables through the views and the backfill (which
+	// recomputes whole days from summary) counts every row once.
+	{2, "dashboard rollups: class minute/hour, country hour, port hour (uniqHLL12)", []string{
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_class_minute ` + classColumns,
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_class_hour ` + classColumns,
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_country_hour (
+  t DateTime('UTC'),
+  src_country String,
+  packets UInt64,
+  bytes UInt64,
+  sources AggregateFunction(uniqHLL12, String)
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(t)
+ORDER BY (t, src_country)`,
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_port_hour (
+  t DateTime('UTC'),
+  protocol UInt8,
+  dst_port UInt16,
+  packets UInt64,
+  bytes UInt64,
+  sources AggregateFunction(uniqHLL12, String)
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(t)
+ORDER BY (t, protocol, dst_port)`,
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_class_minute_mv TO {{db}}.summary_class_minute AS ` + viewSelect(TableClassMinute, ""),
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_class_hour_mv TO {{db}}.summary_class_hour AS ` + viewSelect(TableClassHour, ""),
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_country_hour_mv TO {{db}}.summary_country_hour AS ` + viewSelect(TableCountryHour, ""),
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_port_hour_mv TO {{db}}.summary_port_hour AS ` + viewSelect(TablePortHour, ""),
+	}, func(ctx context.Context, conn driver.Conn, db string) error {
+		return backfill(ctx, conn, db, []string{TableClassMinute, TableClassHour, TableCountryHour, TablePortHour})
 	}},
 }
+
+const classColumns = `(
+  t DateTime('UTC'),
+  class String,
+  packets UInt64,
+  bytes UInt64,
+  fp_mirai UInt64,
+  fp_zmap UInt64,
+  fp_masscan UInt64,
+  sources AggregateFunction(uniqHLL12, String)
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(t)
+ORDER BY (t, class)`
 
 // SchemaVersion is the version Migrate brings a database to.
 func SchemaVersion() int { return migrations[len(migrations)-1].version }
@@ -210,6 +308,11 @@ func Migrate(ctx context.Context, conn driver.Conn, db string) (applied int, err
 		for i, s := range m.stmts {
 			if err := conn.Exec(ctx, render(s, db)); err != nil {
 				return applied, fmt.Errorf("migrate: version %d statement %d: %w", m.version, i+1, err)
+			}
+		}
+		if m.after != nil {
+			if err := m.after(ctx, conn, db); err != nil {
+				return applied, fmt.Errorf("migrate: version %d: %w", m.version, err)
 			}
 		}
 		// INSERT ... VALUES through Exec hangs on 18.16 (the server waits
@@ -270,29 +373,63 @@ func appliedVersions(ctx context.Context, conn driver.Conn, db string) (map[int]
 
 // RebuildRollups recomputes the rollup tables' partition for one UTC day
 // from the raw summary table: it drops the day's partition from each rollup
-// and inserts it again from summary. Use it after a server crash left a
-// batch in summary but not in the rollups (see the package doc). Data loaded
-// for that day while it runs may be counted twice in the rollups: run it
-// for a day no longer being loaded, or with the loader stopped.
+// (RollupTables) and inserts it again from summary. Use it after a server
+// crash left a batch in summary but not in the rollups (see the package
+// doc). Data loaded for that day while it runs may be counted twice in the
+// rollups: run it for a day no longer being loaded, or with the loader
+// stopped.
 func RebuildRollups(ctx context.Context, conn driver.Conn, db string, day time.Time) error {
 	if !ValidDatabase(db) {
 		return fmt.Errorf("rebuild rollups: invalid database name %q", db)
 	}
-	id := day.UTC().Format("20060102")
+	return rebuildDay(ctx, conn, db, day.UTC().Format("20060102"), RollupTables)
+}
+
+func rebuildDay(ctx context.Context, conn driver.Conn, db, id string, tables []string) error {
 	where := "WHERE toYYYYMMDD(bin_start) = " + id
-	cols := map[string]string{
-		TableSummaryMinute:  "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
-		TableSummaryHour:    "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
-		TableSummaryASNHour: "t, src_asn, src_country, packets, bytes, sources",
-	}
-	for _, table := range []string{TableSummaryMinute, TableSummaryHour, TableSummaryASNHour} {
+	for _, table := range tables {
 		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s DROP PARTITION ID '%s'", quoteDB(db), table, id)); err != nil {
 			return fmt.Errorf("rebuild rollups: drop %s partition %s: %w", table, id, err)
 		}
-		q := fmt.Sprintf("INSERT INTO %s.%s (%s) %s", quoteDB(db), table, cols[table], render(viewSelect(table, where), db))
+		q := fmt.Sprintf("INSERT INTO %s.%s (%s) %s", quoteDB(db), table, rollupInsertColumns[table], render(viewSelect(table, where), db))
 		if err := conn.Exec(ctx, q); err != nil {
 			return fmt.Errorf("rebuild rollups: fill %s for %s: %w", table, id, err)
 		}
 	}
 	return nil
 }
+
+// backfill recomputes tables, for every day present in summary, from
+// summary: a migration adding rollups fills them for the data loaded
+// before their views existed. Each day is dropped and inserted again, so a
+// backfill cut short is completed by running it again.
+func backfill(ctx context.Context, conn driver.Conn, db string, tables []string) error {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active ORDER BY partition_id`, db, TableSummary)
+	if err != nil {
+		return fmt.Errorf("backfill: list summary partitions: %w", err)
+	}
+	var days []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return fmt.Errorf("backfill: list summary partitions: %w", err)
+		}
+		days = append(days, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("backfill: list summary partitions: %w", err)
+	}
+	for _, id := range days {
+		if !dayIDRE.MatchString(id) {
+			return fmt.Errorf("backfill: unexpected summary partition %q", id)
+		}
+		if err := rebuildDay(ctx, conn, db, id, tables); err != nil {
+			return fmt.Errorf("backfill: %w", err)
+		}
+	}
+	return nil
+}
+
+var dayIDRE = regexp.MustCompile(`^[0-9]{8}$`)

@@ -36,15 +36,23 @@ func TestMigrateTwiceAppliesNothing(t *testing.T) {
 	}
 	// Every documented table exists, with the documented engine.
 	want := map[string]string{
-		"summary":             "MergeTree",
-		"sensor_stats":        "MergeTree",
-		"summary_minute":      "SummingMergeTree",
-		"summary_hour":        "SummingMergeTree",
-		"summary_asn_hour":    "SummingMergeTree",
-		"summary_minute_mv":   "MaterializedView",
-		"summary_hour_mv":     "MaterializedView",
-		"summary_asn_hour_mv": "MaterializedView",
-		"schema_migrations":   "MergeTree",
+		"summary":                 "MergeTree",
+		"sensor_stats":            "MergeTree",
+		"summary_minute":          "SummingMergeTree",
+		"summary_hour":            "SummingMergeTree",
+		"summary_asn_hour":        "SummingMergeTree",
+		"summary_minute_mv":       "MaterializedView",
+		"summary_hour_mv":         "MaterializedView",
+		"summary_asn_hour_mv":     "MaterializedView",
+		"schema_migrations":       "MergeTree",
+		"summary_class_minute":    "SummingMergeTree",
+		"summary_class_hour":      "SummingMergeTree",
+		"summary_country_hour":    "SummingMergeTree",
+		"summary_port_hour":       "SummingMergeTree",
+		"summary_class_minute_mv": "MaterializedView",
+		"summary_class_hour_mv":   "MaterializedView",
+		"summary_country_hour_mv": "MaterializedView",
+		"summary_port_hour_mv":    "MaterializedView",
 	}
 	rows, err := conn.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = ?", db)
 	if err != nil {
@@ -162,4 +170,130 @@ func TestRollupsAndRebuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("rebuilt")
+}
+
+// dashRollup is what the dashboard rollups (migration 2) hold for a
+// selection: packets, bytes and distinct sources.
+type dashRollup struct{ packets, bytes, sources uint64 }
+
+func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
+	conn, db := chstoretest.NewDatabase(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := chstore.Migrate(ctx, conn, db); err != nil {
+		t.Fatal(err)
+	}
+	day := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
+	ins := func(bin time.Time, src, country string, proto uint8, port uint16, class string, packets uint64) {
+		t.Helper()
+		b, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".summary (bin_start, sensor_id, src_ip, src_country, src_asn, protocol, dst_port, class, packets, bytes, fp_zmap)")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Append(bin, "s1", src, country, uint32(64500), proto, port, class, packets, packets*60, packets); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ins(day.Add(10*time.Hour), "192.0.2.1", "JP", 6, 23, "tcp_syn", 5)
+	ins(day.Add(10*time.Hour+30*time.Second), "192.0.2.2", "JP", 6, 23, "tcp_syn", 7)
+	ins(day.Add(10*time.Hour+1*time.Minute), "192.0.2.1", "US", 17, 53, "udp", 11)
+	ins(day.Add(10*time.Hour+2*time.Minute), "192.0.2.3", "US", 6, 445, "tcp_syn", 13)
+	ins(day.Add(11*time.Hour), "192.0.2.3", "US", 6, 23, "tcp_syn", 17)
+	// A second day, to see the backfill cover every day.
+	ins(day.Add(30*time.Hour), "198.51.100.9", "BR", 6, 23, "tcp_syn", 19)
+
+	get := func(q string, args ...any) dashRollup {
+		t.Helper()
+		var r dashRollup
+		if err := conn.QueryRow(ctx, q, args...).Scan(&r.packets, &r.bytes, &r.sources); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return r
+	}
+	h10 := day.Add(10 * time.Hour)
+	check := func(label string) {
+		t.Helper()
+		want := map[string]dashRollup{
+			// hour 10, tcp_syn: 5+7+13 packets from .1 .2 .3
+			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_class_hour WHERE t = ? AND class = 'tcp_syn'": {25, 25 * 60, 3},
+			// minute 10:00 all classes: .1 and .2
+			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_class_minute WHERE t = ?": {12, 12 * 60, 2},
+			// hour 10, US: 11+13 from .1 .3
+			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_country_hour WHERE t = ? AND src_country = 'US'": {24, 24 * 60, 2},
+			// hour 10, tcp/23: 5+7 from .1 .2
+			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_port_hour WHERE t = ? AND protocol = 6 AND dst_port = 23": {12, 12 * 60, 2},
+		}
+		for q, w := range want {
+			if got := get(q, h10); got != w {
+				t.Errorf("%s: %s = %+v, want %+v", label, q, got, w)
+			}
+		}
+		// Whole tables, both days: every row counted once.
+		for _, table := range []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour"} {
+			if got := get("SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + "." + table); got != (dashRollup{72, 72 * 60, 4}) {
+				t.Errorf("%s: %s totals %+v, want {72 4320 4}", label, table, got)
+			}
+		}
+		var fp uint64
+		if err := conn.QueryRow(ctx, "SELECT sum(fp_zmap) FROM "+db+".summary_class_hour").Scan(&fp); err != nil || fp != 72 {
+			t.Errorf("%s: class_hour fp_zmap %d (%v), want 72", label, fp, err)
+		}
+	}
+	check("views")
+	for _, table := range []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour"} {
+		if err := conn.Exec(ctx, "OPTIMIZE TABLE "+db+"."+table+" FINAL"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after merge")
+	// A crash between summary and the views: RebuildRollups restores the
+	// new tables too (and leaves the other day alone).
+	for _, table := range []string{"summary_class_minute", "summary_country_hour", "summary_port_hour"} {
+		if err := conn.Exec(ctx, "ALTER TABLE "+db+"."+table+" DROP PARTITION ID '20261120'"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := chstore.RebuildRollups(ctx, conn, db, day.Add(5*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	check("rebuilt")
+	if err := chstore.RebuildRollups(ctx, conn, db, day); err != nil {
+		t.Fatal(err)
+	}
+	check("rebuilt twice")
+
+	// A database of schema version 1 with data: migration 2 must fill the
+	// new tables from summary. Remove them and the record of version 2.
+	for _, name := range []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour"} {
+		if err := conn.Exec(ctx, "DROP TABLE "+db+"."+name+"_mv"); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.Exec(ctx, "DROP TABLE "+db+"."+name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := conn.Exec(ctx, "TRUNCATE TABLE "+db+".schema_migrations"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := chstore.Migrate(ctx, conn, db); err != nil || n != chstore.SchemaVersion() {
+		t.Fatalf("migrate from version 1: applied %d, %v", n, err)
+	}
+	check("backfilled")
+	// A backfill that ran but was not recorded runs again without
+	// counting twice.
+	if err := conn.Exec(ctx, "TRUNCATE TABLE "+db+".schema_migrations"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chstore.Migrate(ctx, conn, db); err != nil {
+		t.Fatal(err)
+	}
+	check("backfilled twice")
+	// The views keep working after the migration.
+	ins(day.Add(10*time.Hour+5*time.Second), "192.0.2.4", "JP", 6, 23, "tcp_syn", 1)
+	if got := get("SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM "+db+".summary_port_hour WHERE t = ? AND protocol = 6 AND dst_port = 23", h10); got != (dashRollup{13, 13 * 60, 3}) {
+		t.Errorf("after a new insert: port hour %+v, want {13 780 3}", got)
+	}
 }
