@@ -1,0 +1,193 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jasperfed/jasper/hub/detect"
+	"github.com/jasperfed/jasper/hub/store"
+	"github.com/jasperfed/jasper/internal/pki"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
+
+// BenchmarkIngestDetect is BenchmarkIngestThreeHubs (same batches of 500
+// rows from 4 sensors over mTLS into 1 or 3 hubs, fsync'd raft logs) with
+// and without the detectors (hub/detect, default thresholds) registered as
+// an FSM module on every hub, in the same run: the detectors' cost is the
+// drop in rows/s. include_bogon_sources is on so that every row (the
+// benchmark's sources are documentation addresses) goes through the
+// infected-host and surge paths instead of being skipped as bogon; the
+// repeated sources become findings after a few batches, so findings are
+// raised and updated too.
+func BenchmarkIngestDetect(b *testing.B) {
+	for _, hubs := range []int{1, 3} {
+		for _, det := range []bool{false, true} {
+			b.Run(fmt.Sprintf("hubs=%d/window=64/detect=%v", hubs, det), func(b *testing.B) { benchIngestDetect(b, hubs, 64, det) })
+		}
+	}
+}
+
+// startHubModules is startHub with FSM modules registered before the
+// store starts.
+func startHubModules(t testing.TB, f *fixture, id string, bootstrap bool, mods []store.Module, mutate func(*store.Config, *Config)) *hubNode {
+	t.Helper()
+	files, ok := f.files[id]
+	if !ok {
+		files = f.issue(t, nil, pki.Identity{Role: pki.RoleHub, ID: id}, time.Time{}, time.Hour)
+	}
+	sc := store.DefaultConfig()
+	sc.NodeID = id
+	sc.BindAddr = "127.0.0.1:0"
+	sc.DataDir = fmt.Sprintf("%s/data-%s", f.dir, id)
+	sc.Bootstrap = bootstrap
+	sc.TLS = files
+	sc.TickInterval = 0
+	sc.ApplyTimeout = 2 * time.Second
+	ic := DefaultConfig()
+	ic.Listen = "127.0.0.1:0"
+	ic.TLS = files
+	ic.RetryAfter = 50 * time.Millisecond
+	if mutate != nil {
+		mutate(&sc, &ic)
+	}
+	reg := prometheus.NewRegistry()
+	st, err := store.New(sc, store.Deps{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		st.RegisterModule(m)
+	}
+	srv, err := New(ic, Deps{Store: st, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st.SetIngestAddr(srv.Addr())
+	if err := st.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = srv.Stop(context.Background())
+		_ = st.Stop(context.Background())
+	})
+	return &hubNode{st: st, srv: srv, reg: reg, cfg: sc}
+}
+
+// benchIngestDetect is benchIngest (bench_test.go) with the detectors on
+// every hub when det is set.
+func benchIngestDetect(b *testing.B, nhubs, window int, det bool) {
+	const sensors, rows = 4, 500
+	f := newFixture(b)
+	admin := f.issue(b, nil, pki.Identity{Role: pki.RoleAdmin, ID: "ops"}, time.Time{}, time.Hour)
+	var dets []*detect.Detector
+	mods := func() []store.Module {
+		if !det {
+			return nil
+		}
+		cfg := detect.DefaultConfig()
+		cfg.IncludeBogonSources = true
+		d, err := detect.New(cfg, detect.Deps{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dets = append(dets, d)
+		return []store.Module{d}
+	}
+	prod := func(sc *store.Config, _ *Config) {
+		d := store.DefaultConfig()
+		sc.HeartbeatTimeout, sc.ElectionTimeout, sc.LeaderLeaseTimeout, sc.CommitTimeout = d.HeartbeatTimeout, d.ElectionTimeout, d.LeaderLeaseTimeout, d.CommitTimeout
+	}
+	hubs := []*hubNode{startHubModules(b, f, "h1", true, mods(), prod)}
+	waitFor(b, "leader", hubs[0].st.IsLeader)
+	for _, id := range []string{"h2", "h3"}[:nhubs-1] {
+		h := startHubModules(b, f, id, false, mods(), prod)
+		joinVia(b, hubs, admin, id, h.st.RaftAddr())
+		hubs = append(hubs, h)
+	}
+	bin := nowBin()
+	per := b.N/sensors + 1
+	type stream struct {
+		s      *sensorStream
+		sent   []time.Time
+		lat    []time.Duration
+		batch  []*jasperv1.Batch
+		credit chan struct{}
+	}
+	var streams []*stream
+	for i := range sensors {
+		id := fmt.Sprintf("bench-%d", i)
+		files := f.issue(b, nil, sensorID(id, "JP", "198.51.100.0/24"), time.Time{}, time.Hour)
+		s, resp, err := open(b, dial(b, hubs[0].srv.Addr(), files), &jasperv1.Hello{SensorId: id})
+		if err != nil || resp.GetWelcome() == nil {
+			b.Fatalf("open: %v %v", resp, err)
+		}
+		st := &stream{s: s, sent: make([]time.Time, per+1), credit: make(chan struct{}, window)}
+		for seq := 1; seq <= per; seq++ {
+			st.batch = append(st.batch, validBatch(uint64(seq), bin, rows))
+		}
+		streams = append(streams, st)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, st := range streams {
+		wg.Go(func() {
+			go func() {
+				for i, bt := range st.batch {
+					st.credit <- struct{}{}
+					st.sent[i+1] = time.Now()
+					if st.s.stream.Send(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Batch{Batch: bt}}) != nil {
+						return
+					}
+				}
+			}()
+			for range st.batch {
+				r, err := st.s.stream.Recv()
+				if err != nil || r.GetAck() == nil {
+					b.Errorf("answer: %v %v", r, err)
+					return
+				}
+				st.lat = append(st.lat, time.Since(st.sent[r.GetAck().Sequence]))
+				<-st.credit
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	b.StopTimer()
+	var lat []time.Duration
+	for _, st := range streams {
+		lat = append(lat, st.lat...)
+	}
+	slices.Sort(lat)
+	total := float64(len(lat) * rows)
+	b.ReportMetric(total/el.Seconds(), "rows/s")
+	if len(lat) > 0 {
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ack_ms")
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ack_ms")
+	}
+	b.ReportMetric(0, "ns/op")
+	if det {
+		// The detectors did the work: every row seen, findings raised.
+		waitFor(b, "detectors to apply every batch", func() bool {
+			for _, d := range dets {
+				if d.Stats().Rows < uint64(len(lat)*rows) {
+					return false
+				}
+			}
+			return true
+		})
+		if s := dets[0].Stats(); s.FindingsNew == 0 {
+			b.Errorf("no findings from %d rows: %+v", s.Rows, s)
+		}
+	}
+}
