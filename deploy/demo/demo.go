@@ -47,7 +47,8 @@ type Config struct {
 	// ClickHouse: "" uses a private server (deploy/clickhouse/start.sh) when
 	// clickhouse-server is installed and the binary has the ClickHouse
 	// loader; "off" never; otherwise the host:port of a server (user
-	// default, no password; database jasper_demo is used).
+	// default, no password; each run uses a new database
+	// jasper_demo_YYYYMMDDHHMMSS, left there afterwards).
 	ClickHouse string
 	// GeoDir holds country.mmdb and asn.mmdb; "" looks for them (see
 	// findGeo) and otherwise builds fixture databases.
@@ -120,6 +121,7 @@ type Demo struct {
 	storage  string
 	chDir    string
 	chAddr   string
+	chDB     string
 	mail     *MailCatcher
 	hooks    *WebhookReceiver
 	hubs     []*demoHub
@@ -392,13 +394,15 @@ func (d *Demo) startStorage(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("deploy/clickhouse/start.sh: %w (see run/demo.log)", err)
 		}
-		d.chAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(tcp))
+		d.chAddr, d.chDB = net.JoinHostPort("127.0.0.1", strconv.Itoa(tcp)), "jasper_demo"
 		d.storage = "clickhouse"
 		return fmt.Sprintf("private ClickHouse server at %s (pid %s, run/clickhouse)", d.chAddr, strings.TrimSpace(string(out))), nil
 	default:
-		d.chAddr = d.cfg.ClickHouse
+		// A new database per run: a fresh raft log restarts at index 1,
+		// which rows of an earlier run would seem to have loaded already.
+		d.chAddr, d.chDB = d.cfg.ClickHouse, "jasper_demo_"+time.Now().UTC().Format("20060102150405")
 		d.storage = "clickhouse"
-		return "ClickHouse at " + d.chAddr + " (database jasper_demo)", nil
+		return "ClickHouse at " + d.chAddr + " (database " + d.chDB + ", new for this run)", nil
 	}
 }
 
@@ -450,7 +454,7 @@ func (d *Demo) startHooks(context.Context) (string, error) {
 	// The recipients directory: each demo country's CERT by e-mail to the
 	// catcher and by webhook to the receiver.
 	dir := directory.Directory{Defaults: directory.Routing{
-		GroupWait: directory.Duration(5 * time.Second), GroupInterval: directory.Duration(time.Minute),
+		GroupWait: directory.Duration(2 * time.Second), GroupInterval: directory.Duration(time.Minute),
 		RepeatInterval: directory.Duration(24 * time.Hour), RateLimitPerHour: 600,
 	}}
 	for _, c := range d.countries() {
@@ -617,7 +621,7 @@ func (d *Demo) hubConfig(i int, peers []map[string]string, h *demoHub) (string, 
 		"raft":           map[string]any{"bind": h.raft, "bootstrap": true, "peers": peers},
 		"ingest":         map[string]any{"listen": h.ingest},
 		"metrics_listen": metrics,
-		"tick_interval":  "5s",
+		"tick_interval":  "1s",
 	}
 	if d.exts["enrich"] && d.geo.Dir != "" {
 		c["enrich"] = map[string]any{
@@ -649,7 +653,7 @@ func (d *Demo) hubConfig(i int, peers []map[string]string, h *demoHub) (string, 
 		}
 	}
 	if d.storage == "clickhouse" {
-		c["clickhouse"] = map[string]any{"addr": d.chAddr, "database": "jasper_demo"}
+		c["clickhouse"] = map[string]any{"addr": d.chAddr, "database": d.chDB}
 	}
 	b, err := yaml.Marshal(c)
 	if err != nil {
