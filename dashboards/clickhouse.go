@@ -16,10 +16,17 @@ import (
 )
 
 // ClickHouseSource answers from the ClickHouse tables of hub/chstore
-// (SCHEMA.md there): time series and top lists from the rollups
+// (SCHEMA.md there). Questions without a sensor filter read the dashboard
+// rollups of schema version 2, which keep few keys and uniqHLL12 source
+// states: the overview and the class and fingerprint lists from
+// summary_class_minute / summary_class_hour (also without a country,
+// protocol or port filter), the map and the country list from
+// summary_country_hour (ranges of HourlyListsFrom or more, no protocol or
+// port filter), the port lists from summary_port_hour (same ranges, no
+// country filter). Every other question reads the finer rollups
 // summary_minute / summary_hour / summary_asn_hour (sum() and uniqMerge()),
-// host lists from the raw summary table. The SQL runs on 18.16 and on
-// current servers.
+// host lists the raw summary table. The SQL runs on 18.16 and on current
+// servers.
 //
 // In ClickHouse an overflow row has dst_port 0, so port 0 in its top lists
 // also counts the ports that sensors folded ("other" in the embedded
@@ -112,6 +119,13 @@ func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, erro
 	if step%3600 != 0 {
 		table, hourly = s.db+".summary_minute", false
 	}
+	merge := "uniqMerge(sources)"
+	if s.classRollup(q) {
+		table, merge = s.db+".summary_class_minute", "uniqHLL12Merge(sources)"
+		if hourly {
+			table = s.db + ".summary_class_hour"
+		}
+	}
 	w, args := s.where(q, "t", hourly)
 	bucket := fmt.Sprintf("toUInt32(intDiv(toUInt32(t), %d) * %d)", step, step)
 	byStep := map[uint32]*Point{}
@@ -144,7 +158,7 @@ func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, erro
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("clickhouse overview: %w", err)
 	}
-	rows, err = s.conn.Query(ctx, "SELECT "+bucket+" AS ts, uniqMerge(sources) AS n FROM "+table+w+" GROUP BY ts", args...)
+	rows, err = s.conn.Query(ctx, "SELECT "+bucket+" AS ts, "+merge+" AS n FROM "+table+w+" GROUP BY ts", args...)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse overview sources: %w", err)
 	}
@@ -173,6 +187,12 @@ func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, erro
 	return out, nil
 }
 
+// classRollup reports whether q can be answered by the class rollups:
+// they have no sensor, country, protocol or port column.
+func (s *ClickHouseSource) classRollup(q Query) bool {
+	return q.Sensor == "" && q.Country == "" && q.Protocol == 0 && !q.HasPort
+}
+
 // Top implements Source. Lists are ranked by packets with plain sums, and
 // the distinct sources (uniqMerge, the costly part) are computed only for
 // the keys that made the list. Countries without a sensor, protocol or port
@@ -183,8 +203,16 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		limit = 1000
 	}
 	table, hourly := s.listTable(q)
+	classTable := s.db + ".summary_class_minute"
+	if hourly {
+		classTable = s.db + ".summary_class_hour"
+	}
+	const hll = "uniqHLL12Merge(sources)"
 	switch d {
 	case DimFingerprint:
+		if s.classRollup(q) {
+			table = classTable
+		}
 		w, a := s.where(q, "t", hourly)
 		sqlText := "SELECT name, p FROM (SELECT sum(fp_mirai) AS m, sum(fp_zmap) AS z, sum(fp_masscan) AS c FROM " + table + w +
 			") ARRAY JOIN ['mirai', 'zmap', 'masscan'] AS name, [m, z, c] AS p WHERE p > 0 ORDER BY p DESC, name"
@@ -209,12 +237,18 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		return s.topTwoPhase(ctx, q, d, "src_asn", s.db+".summary", "bin_start", false, "uniq(src_ip)", limit)
 	case DimCountry:
 		if q.Sensor == "" && q.Protocol == 0 && !q.HasPort && hourly {
-			return s.topTwoPhase(ctx, q, d, "src_country", s.db+".summary_asn_hour", "t", true, "uniqMerge(sources)", limit)
+			return s.topTwoPhase(ctx, q, d, "src_country", s.db+".summary_country_hour", "t", true, hll, limit)
 		}
 		return s.topTwoPhase(ctx, q, d, "src_country", table, "t", hourly, "uniqMerge(sources)", limit)
 	case DimPort:
+		if q.Sensor == "" && q.Country == "" && hourly {
+			return s.topTwoPhase(ctx, q, d, "dst_port", s.db+".summary_port_hour", "t", true, hll, limit)
+		}
 		return s.topTwoPhase(ctx, q, d, "dst_port", table, "t", hourly, "uniqMerge(sources)", limit)
 	case DimClass:
+		if s.classRollup(q) {
+			return s.topTwoPhase(ctx, q, d, "class", classTable, "t", hourly, hll, limit)
+		}
 		return s.topTwoPhase(ctx, q, d, "class", table, "t", hourly, "uniqMerge(sources)", limit)
 	case DimSensor:
 		return s.topTwoPhase(ctx, q, d, "sensor_id", table, "t", hourly, "uniqMerge(sources)", limit)
@@ -253,12 +287,23 @@ func (s *ClickHouseSource) topTwoPhase(ctx context.Context, q Query, d Dim, col,
 	if err := rows.Err(); err != nil || len(out) == 0 {
 		return out, err
 	}
+	// The keys are written out in the column's own type (numbers for the
+	// numeric columns, checked to be numbers), so the filter is on the
+	// column and the primary key can skip granules.
+	numeric := col == "dst_port" || col == "src_asn"
 	keys := make([]string, len(out))
 	for i, e := range out {
-		keys[i] = sqlString(e.Key)
+		if numeric {
+			if _, err := strconv.ParseUint(e.Key, 10, 32); err != nil {
+				return nil, fmt.Errorf("clickhouse top %s: key %q is not a number", d, e.Key)
+			}
+			keys[i] = e.Key
+		} else {
+			keys[i] = sqlString(e.Key)
+		}
 	}
 	rows, err = s.conn.Query(ctx, "SELECT toString("+col+") AS k, "+distinct+" AS n FROM "+table+w+
-		" AND toString("+col+") IN ("+strings.Join(keys, ", ")+") GROUP BY k", args...)
+		" AND "+col+" IN ("+strings.Join(keys, ", ")+") GROUP BY k", args...)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse top %s sources: %w", d, err)
 	}
