@@ -27,13 +27,13 @@ func TestDropPartitionsOlderThan(t *testing.T) {
 		t.Fatal("days = 0 accepted")
 	}
 	// Keep 3 days: 11-25, 11-24, 11-23. Drop 11-22 and 11-21 from summary,
-	// sensor_stats and the three rollups: 2 * 5 partitions.
+	// sensor_stats and the seven rollups: 2 days of every partitioned table.
 	n, err := dropPartitionsBefore(ctx, conn, db, today.AddDate(0, 0, -3), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 10 {
-		t.Errorf("dropped %d partitions, want 10", n)
+	if want := 2 * len(PartitionedTables); n != want || want != 18 {
+		t.Errorf("dropped %d partitions, want %d (2 days of 9 tables)", n, want)
 	}
 	for _, table := range PartitionedTables {
 		col := "bin_start"
