@@ -14,12 +14,12 @@ import (
 
 // TestDemoHeadless builds the jasper binary and runs `jasper demo
 // --headless` from the checkout, as the README's first command does, for
-// 50 s: findings must be raised, alerts must reach the demo mailbox and
+// 40 s: findings must be raised, alerts must reach the demo mailbox and
 // the webhook receiver (every signature valid), the dashboard must answer
 // with traffic, and the demo must stop cleanly.
 func TestDemoHeadless(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs the whole demo for 50 s")
+		t.Skip("runs the whole demo for 40 s")
 	}
 	repo := findRepo()
 	if repo == "" {
@@ -34,7 +34,7 @@ func TestDemoHeadless(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "demo", "--headless", "--duration", "50s",
+	cmd := exec.CommandContext(ctx, bin, "demo", "--headless", "--duration", "40s",
 		"--dir", filepath.Join(tmp, "demo"), "--listen", "127.0.0.1:0")
 	cmd.Dir = repo
 	cmd.WaitDelay = 10 * time.Second
