@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -25,6 +26,9 @@ func runDemo(ctx context.Context, args []string) error {
 	ch := fs.String("clickhouse", "", `ClickHouse: "" starts a private server when clickhouse-server is installed, "off" uses the embedded rollups, or HOST:PORT of a server`)
 	geo := fs.String("geo", "", "folder with country.mmdb and asn.mmdb (default: $JASPER_GEO_DIR, an earlier jasper geo build, else fixture databases)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	if fs.NArg() > 0 {
