@@ -111,26 +111,27 @@ type Demo struct {
 	deps Deps
 	exts map[string]bool
 
-	t0       time.Time
-	logFile  *os.File
-	log      *slog.Logger
-	stateDir string
-	ca       *pki.CA
-	admin    pki.Files
-	geo      GeoSource
-	storage  string
-	chDir    string
-	chAddr   string
-	chDB     string
-	mail     *MailCatcher
-	hooks    *WebhookReceiver
-	hubs     []*demoHub
-	sensors  []*sensor.Sensor
-	front    *http.Server
-	frontURL string
-	logins   []Login
-	apiToken string // the coordinator's API token
-	captures []CaptureInfo
+	t0        time.Time
+	logFile   *os.File
+	log       *slog.Logger
+	stateDir  string
+	ca        *pki.CA
+	admin     pki.Files
+	geo       GeoSource
+	storage   string
+	chDir     string
+	chAddr    string
+	chDB      string
+	mail      *MailCatcher
+	hooks     *WebhookReceiver
+	hubs      []*demoHub
+	sensors   []*sensor.Sensor
+	front     *http.Server
+	frontURL  string
+	frontDone chan struct{} // closed by Stop
+	logins    []Login
+	apiToken  string // the coordinator's API token
+	captures  []CaptureInfo
 
 	mu         sync.Mutex
 	firstAlert time.Duration
@@ -166,7 +167,7 @@ func New(cfg Config, deps Deps) (*Demo, error) {
 	if cfg.RepoDir == "" {
 		cfg.RepoDir = findRepo()
 	}
-	return &Demo{cfg: cfg, deps: deps, exts: exts, stateDir: filepath.Join(dir, "run")}, nil
+	return &Demo{cfg: cfg, deps: deps, exts: exts, stateDir: filepath.Join(dir, "run"), frontDone: make(chan struct{})}, nil
 }
 
 // findRepo walks up from the working folder to the jasper checkout ("" if
@@ -884,6 +885,7 @@ func (d *Demo) Stop(ctx context.Context) error {
 			return s.Stop(c)
 		})
 	}
+	close(d.frontDone)
 	if d.front != nil {
 		stop("front page", func() error {
 			c, cancel := bounded(3 * time.Second)

@@ -22,12 +22,34 @@ import (
 // else proxied to a hub's dashboard (the next hub when one fails).
 func (d *Demo) startFront(ctx context.Context) (string, error) {
 	var targets []*url.URL
+	byHub := map[string]int{}
 	for _, h := range d.hubs {
 		if h.dashboard != "" {
+			byHub[h.id] = len(targets)
 			targets = append(targets, &url.URL{Scheme: "http", Host: h.dashboard})
 		}
 	}
+	// cur is the hub whose dashboard answers: the raft leader's (where
+	// acknowledge and silence commit), followed every two seconds; the
+	// next one after a failure until then.
 	var cur atomic.Int64
+	if len(targets) > 0 {
+		go func() {
+			for ctx.Err() == nil {
+				if st, err := d.hubStatus(ctx); err == nil {
+					if i, ok := byHub[st.LeaderId]; ok {
+						cur.Store(int64(i))
+					}
+				}
+				select {
+				case <-ctx.Done():
+				case <-d.frontDone:
+					return
+				case <-time.After(2 * time.Second):
+				}
+			}
+		}()
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /demo/{$}", d.pageIndex)
 	mux.HandleFunc("GET /demo/mail", d.pageMail)
