@@ -24,6 +24,7 @@ func runDemo(ctx context.Context, args []string) error {
 	headless := fs.Bool("headless", false, "run for --duration, then stop and print a JSON summary on stdout")
 	duration := fs.Duration("duration", 0, "how long to run (headless: default 90s; otherwise until Ctrl-C)")
 	ch := fs.String("clickhouse", "", `ClickHouse: "" starts a private server when clickhouse-server is installed, "off" uses the embedded rollups, or HOST:PORT of a server`)
+	inProcess := fs.Bool("in-process", false, "run the hubs inside this process instead of as child processes (jasper hub run)")
 	geo := fs.String("geo", "", "folder with country.mmdb and asn.mmdb (default: $JASPER_GEO_DIR, an earlier jasper geo build, else fixture databases)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -39,7 +40,15 @@ func runDemo(ctx context.Context, args []string) error {
 	}
 	cfg := def
 	cfg.Dir, cfg.Listen, cfg.ClickHouse, cfg.GeoDir = *dir, *listen, *ch, *geo
-	d, err := demo.New(cfg, demo.Deps{Extensions: hubExtensions, Version: version, Progress: os.Stderr})
+	deps := demo.Deps{Extensions: hubExtensions, Version: version, Progress: os.Stderr}
+	if !*inProcess {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find this binary to run the hubs (or use --in-process): %w", err)
+		}
+		deps.HubBinary = exe
+	}
+	d, err := demo.New(cfg, deps)
 	if err != nil {
 		return err
 	}

@@ -90,9 +90,15 @@ func (c Config) Validate() error {
 // Deps are the demo's collaborators.
 type Deps struct {
 	// Extensions are the hub's optional components, as `jasper hub run`
-	// attaches them.
+	// attaches them (in-process hubs), and name the configuration
+	// sections the demo writes.
 	Extensions []hub.Extension
-	Version    string
+	// HubBinary, when set, runs each hub as a child process
+	// `HubBinary hub run --config FILE` (the same binary: `jasper demo`
+	// passes its own executable), so that every hub has its own process
+	// state as in production; empty runs the hubs in this process.
+	HubBinary string
+	Version   string
 	// Progress receives one line per start and stop step.
 	Progress io.Writer
 }
@@ -143,9 +149,12 @@ type demoHub struct {
 	cfgPath   string
 	ingest    string
 	raft      string
-	dashboard string // "" without the dashboards extension
-	h         *hub.Hub
+	dashboard string   // "" without the dashboards extension
+	h         *hub.Hub // in-process
+	proc      *hubProc // child process
 }
+
+func (h *demoHub) running() bool { return h.h != nil || h.proc != nil }
 
 // New checks the configuration; Start runs the demo.
 func New(cfg Config, deps Deps) (*Demo, error) {
@@ -256,7 +265,8 @@ func (d *Demo) prepareDir(context.Context) (string, error) {
 	if err := os.MkdirAll(d.stateDir, 0o755); err != nil {
 		return "", err
 	}
-	f, err := os.Create(filepath.Join(d.stateDir, "demo.log"))
+	// O_APPEND: hub processes write to the same file.
+	f, err := os.OpenFile(filepath.Join(d.stateDir, "demo.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
 		return "", err
 	}
@@ -654,7 +664,10 @@ func (d *Demo) hubConfig(i int, peers []map[string]string, h *demoHub) (string, 
 		}
 	}
 	if d.storage == "clickhouse" {
-		c["clickhouse"] = map[string]any{"addr": d.chAddr, "database": d.chDB}
+		// A short settle (at least the insert timeout) so the dashboard's
+		// ClickHouse views fill seconds after start; the defaults (15 s,
+		// 20 s) suit a production server.
+		c["clickhouse"] = map[string]any{"addr": d.chAddr, "database": d.chDB, "insert_timeout": "5s", "leader_settle": "5s"}
 	}
 	b, err := yaml.Marshal(c)
 	if err != nil {
@@ -689,6 +702,12 @@ func (d *Demo) startHubs(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		if d.deps.HubBinary != "" {
+			if h.proc, err = startHubProc(d.deps.HubBinary, path, d.logFile); err != nil {
+				return "", fmt.Errorf("%s: %w", h.id, err)
+			}
+			continue
+		}
 		hb, err := hub.New(cfg, hub.Deps{Log: d.log.With("hub", h.id), Registry: obs.NewRegistry(), Version: d.deps.Version})
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", h.id, err)
@@ -704,13 +723,25 @@ func (d *Demo) startHubs(ctx context.Context) (string, error) {
 	// Wait for a leader.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		for _, h := range d.hubs {
+			if h.proc == nil {
+				continue
+			}
+			if ended, err := h.proc.exited(); ended {
+				return "", fmt.Errorf("%s (jasper hub run --config %s): %v (see run/demo.log)", h.id, h.cfgPath, err)
+			}
+		}
 		st, err := d.hubStatus(ctx)
 		if err == nil && st.LeaderId != "" {
 			var names []string
 			for _, e := range d.deps.Extensions {
 				names = append(names, e.Name)
 			}
-			return fmt.Sprintf("%d hubs on raft, leader %s; extensions: %s", len(d.hubs), st.LeaderId, strings.Join(names, ", ")), nil
+			mode := "in this process"
+			if d.deps.HubBinary != "" {
+				mode = "as child processes (jasper hub run)"
+			}
+			return fmt.Sprintf("%d hubs %s on raft, leader %s; extensions: %s", len(d.hubs), mode, st.LeaderId, strings.Join(names, ", ")), nil
 		}
 		if time.Now().After(deadline) {
 			return "", fmt.Errorf("no raft leader after 30s: %v", err)
@@ -731,7 +762,7 @@ func (d *Demo) hubStatus(ctx context.Context) (*jasperv1.StatusResponse, error) 
 	}
 	var errs []error
 	for _, h := range d.hubs {
-		if h.h == nil {
+		if !h.running() {
 			continue
 		}
 		st, err := statusOf(ctx, h.ingest, tc)
@@ -895,12 +926,15 @@ func (d *Demo) Stop(ctx context.Context) error {
 	}
 	for i := len(d.hubs) - 1; i >= 0; i-- {
 		h := d.hubs[i]
-		if h.h == nil {
+		if !h.running() {
 			continue
 		}
 		stop(h.id, func() error {
-			c, cancel := bounded(15 * time.Second)
+			c, cancel := bounded(20 * time.Second)
 			defer cancel()
+			if h.proc != nil {
+				return h.proc.Stop(c)
+			}
 			return h.h.Stop(c)
 		})
 	}
