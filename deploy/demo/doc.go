@@ -1,7 +1,7 @@
 // Package demo runs the local federation behind `jasper demo`, the README's
-// first command: a federation CA and certificates, three hubs in this
-// process (raft on loopback, with the extensions the binary was built
-// with), a sensor per demo country (JP, DE, BR) replaying a generated
+// first command: a federation CA and certificates, three hubs (child
+// processes `jasper hub run --config` of the same binary, or in this process
+// with the extensions given; raft on loopback), a sensor per demo country (JP, DE, BR) replaying a generated
 // outbreak merged with real captures from sensor/testdata/pcaps, its
 // capture times rebased to the present and looped, ClickHouse when a server
 // is at hand (else the embedded rollups), geo databases (given, built
