@@ -403,7 +403,10 @@ func (d *Demo) startStorage(ctx context.Context) (string, error) {
 		cmd.Stderr = d.logFile
 		out, err := cmd.Output()
 		if err != nil {
-			return "", fmt.Errorf("deploy/clickhouse/start.sh: %w (see run/demo.log)", err)
+			d.log.Warn("demo_clickhouse_failed", "err", err)
+			d.stopClickHouse(d.chDir)
+			d.chDir = ""
+			return fmt.Sprintf("embedded rollups in the raft FSM (deploy/clickhouse/start.sh failed: %v, see run/demo.log)", err), nil
 		}
 		d.chAddr, d.chDB = net.JoinHostPort("127.0.0.1", strconv.Itoa(tcp)), "jasper_demo"
 		d.storage = "clickhouse"
