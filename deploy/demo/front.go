@@ -198,7 +198,13 @@ details pre{white-space:pre-wrap;background:#f6f6f6;padding:6px;max-height:30em;
 {{range .HookList}}<tr><td>{{ago .Received}} ago</td><td>{{.Recipient}}</td><td class="ok">verified{{if .Repeat}} (+{{.Repeat}} retries){{end}}</td><td>{{.Events}}</td>
 <td><details><summary>{{.ID}}</summary><pre>{{.Body}}</pre></details></td></tr>{{end}}</table>
 {{end}}
+{{if .Attribution}}<p><small>{{.Attribution}}</small></p>{{end}}
 </body></html>`))
+
+// geoAttribution is what a page showing results of the real geo data must
+// carry (deploy/geo/README.md).
+const geoAttribution template.HTML = `Countries and ASNs: ip-location-db (geo-whois-asn-country, asn): NRO (nro.net), RouteViews (routeviews.org) ` +
+	`and <a href="https://db-ip.com">IP Geolocation by DB-IP</a>, under CC BY 4.0.`
 
 type pageData struct {
 	Title, Kind  string
@@ -210,11 +216,15 @@ type pageData struct {
 	Logins       []Login
 	MailList     []Mail
 	HookList     []Hook
+	Attribution  template.HTML
 }
 
 func (d *Demo) page(w http.ResponseWriter, p pageData) {
 	p.Mails = d.mail.Count()
 	p.Hooks, p.Rejected = d.hooks.Count()
+	if d.geo.Kind == "given" || d.geo.Kind == "built" {
+		p.Attribution = geoAttribution
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := pageTmpl.Execute(w, p); err != nil {
 		d.log.Warn("demo_page_failed", "err", err)
