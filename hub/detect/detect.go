@@ -269,6 +269,18 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	sensor := cb.GetSensorId()
 	d.epoch++
 	d.touched, d.victims = d.touched[:0], d.victims[:0]
+	// Columns at full length (ingest validated them); short ones read as
+	// zeros.
+	full := func(c []uint32) []uint32 {
+		if len(c) < n {
+			c = append(make([]uint32, 0, n), c...)
+			c = c[:n]
+		}
+		return c[:n]
+	}
+	protos, ports, icmpTypes := full(rows.Protocol), full(rows.DstPort), full(rows.IcmpType)
+	dsts, dports, firsts, lasts := full(rows.DstIps), full(rows.DistinctPorts), full(rows.FirstSeenMs), full(rows.LastSeenMs)
+	seq := b.GetSequence()
 	var r row
 	for i := range n {
 		addr, ok := netip.AddrFromSlice(rows.SrcIp[i])
@@ -277,19 +289,16 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 			continue
 		}
 		addr = addr.Unmap()
-		r = row{
-			addr: addr, key: addrKey(addr.As16()),
-			proto:    uint8(col(rows.Protocol, i)),
-			port:     col(rows.DstPort, i),
-			icmpType: col(rows.IcmpType, i),
-			class:    col(rows.Class, i),
-			packets:  col(rows.Packets, i), bytes: col(rows.Bytes, i),
-			dstIPs: col(rows.DstIps, i), distinctPorts: col(rows.DistinctPorts, i),
-			overflow: col(rows.Overflow, i),
-			t0:       binStartMs + int64(col(rows.FirstSeenMs, i)),
-			t1:       binStartMs + int64(col(rows.LastSeenMs, i)),
-			bin:      bin, seq: b.GetSequence(), fps: r.fps[:0],
-		}
+		// Field by field: a struct literal costs a copy of the whole row.
+		r.addr, r.key = addr, addrKey(addr.As16())
+		r.proto, r.port, r.icmpType = uint8(protos[i]), ports[i], icmpTypes[i]
+		r.class = col(rows.Class, i)
+		r.packets, r.bytes = col(rows.Packets, i), col(rows.Bytes, i)
+		r.dstIPs, r.distinctPorts = dsts[i], dports[i]
+		r.overflow = col(rows.Overflow, i)
+		r.t0, r.t1 = binStartMs+int64(firsts[i]), binStartMs+int64(lasts[i])
+		r.bin, r.seq, r.fps = bin, seq, r.fps[:0]
+		r.label, r.country, r.asn = 0, "", 0
 		r.portKnown = (r.proto == 6 || r.proto == 17) && !r.overflow
 		if r.t1 < r.t0 {
 			r.t1 = r.t0

@@ -41,6 +41,10 @@ type openBin struct {
 	last    origin
 	lastIdx uint32
 	lastOK  bool
+	// lastPort/lastSet cache the port set of the previous row (transient;
+	// sets live as long as the bin).
+	lastPort uint32
+	lastSet  *binSet
 }
 
 func newOpenBin(start int64) *openBin {
@@ -144,10 +148,13 @@ func (b *openBin) addRow(d *Detector, r *row, sensor string) {
 	h := keyHash(r.key)
 	if r.portKnown {
 		k := portKey(r.proto, r.port)
-		s := b.ports[k]
-		if s == nil {
-			s = newBinSet()
-			b.ports[k] = s
+		s := b.lastSet
+		if s == nil || b.lastPort != k {
+			if s = b.ports[k]; s == nil {
+				s = newBinSet()
+				b.ports[k] = s
+			}
+			b.lastPort, b.lastSet = k, s
 		}
 		b.addTo(s, h, r.country, sensor, d)
 	}
