@@ -122,6 +122,7 @@ detect:
 	if err := h.Attach(hub.Extension{Name: "enrich", Attach: attachEnrich}, hub.Extension{Name: "detect", Attach: attachDetect}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { setDashboardsFindings(nil) }) // the wiring is global
 	ctx := context.Background()
 	if err := h.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -192,6 +193,7 @@ func TestHubDetectNoGeo(t *testing.T) {
 	if err := h.Attach(hub.Extension{Name: "enrich", Attach: attachEnrich}, hub.Extension{Name: "detect", Attach: attachDetect}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { setDashboardsFindings(nil) })
 	logMu.Lock()
 	l := logs.String()
 	logMu.Unlock()
