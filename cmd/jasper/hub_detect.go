@@ -60,7 +60,7 @@ func init() {
 func enrichSection(cfg hub.Config) (enrich.Config, error) {
 	c := enrich.DefaultConfig()
 	if err := cfg.Section("enrich", &c); err != nil {
-		return c, fmt.Errorf("enrich: %w", err)
+		return c, err // names the section and its line
 	}
 	c.CountryDB = config.Resolve(cfg.Path, c.CountryDB)
 	c.ASNDB = config.Resolve(cfg.Path, c.ASNDB)
@@ -75,7 +75,7 @@ func enrichSection(cfg hub.Config) (enrich.Config, error) {
 func detectSection(cfg hub.Config) (detect.Config, error) {
 	c := detect.DefaultConfig()
 	if err := cfg.Section("detect", &c); err != nil {
-		return c, fmt.Errorf("detect: %w", err)
+		return c, err // names the section and its line
 	}
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("detect.%w", err)
