@@ -15,6 +15,7 @@ import (
 	"github.com/jasperfed/jasper/hub/ingest"
 	"github.com/jasperfed/jasper/hub/store"
 	"github.com/jasperfed/jasper/internal/obs"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 // Service is a background component started after the store and stopped
@@ -82,6 +83,11 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 	}
 	h := &Hub{cfg: cfg, base: log, log: log.With("component", "hub"), reg: reg, store: st}
 	h.m = newMetrics(reg, cfg.NodeID, deps.Version)
+	// Followers forward module proposals (alert acknowledgements,
+	// silences, enrolments) to the leader's port.
+	h.grpcRegs = append(h.grpcRegs, func(s *grpc.Server) {
+		jasperv1.RegisterForwardServiceServer(s, store.NewForwardServer(st))
+	})
 	return h, nil
 }
 

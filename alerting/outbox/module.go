@@ -627,3 +627,9 @@ func sortedKeys[V any](mp map[string]V) []string {
 	sort.Strings(ks)
 	return ks
 }
+
+// ErrorKinds lists the errors Apply wraps, so that a proposal a follower
+// hub forwards to the leader keeps errors.Is (hub/store ErrorKinds).
+func (m *Module) ErrorKinds() []error {
+	return []error{ErrBadCommand, ErrUnknownRecipient, ErrUnknownDelivery, ErrStaleAttempt, ErrNotFound}
+}

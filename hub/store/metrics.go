@@ -8,6 +8,7 @@ type metrics struct {
 	applyLatency  prometheus.Histogram
 	proposerBatch prometheus.Histogram
 	proposals     *prometheus.CounterVec
+	forwarded     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
@@ -26,11 +27,15 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 			Name: "jasper_hub_raft_proposals_total",
 			Help: "Raft entries proposed by this hub, by command type and outcome.",
 		}, []string{"type", "outcome"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jasper_hub_forwarded_proposals_total",
+			Help: "Module proposals this follower forwarded to the leader, by outcome (ok, refused by the module or store, error reaching the leader, no_leader known).",
+		}, []string{"outcome"}),
 	}
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.applyLatency, m.proposerBatch, m.proposals,
+	reg.MustRegister(m.applyLatency, m.proposerBatch, m.proposals, m.forwarded,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jasper_hub_raft_commit_index", Help: "Raft commit index."},
 			func() float64 { return float64(s.raftIndexes().commit) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jasper_hub_raft_applied_index", Help: "Raft applied index."},

@@ -153,6 +153,8 @@ type Store struct {
 
 	ingestAddr string // guarded by mu
 
+	fwd forwarder // connections to the leader for forwarded proposals
+
 	subsMu   sync.Mutex
 	subs     []chan bool
 	isLeader bool
@@ -292,6 +294,7 @@ func (s *Store) Stop(ctx context.Context) error {
 	r, trans, bolt := s.raft, s.transport, s.bolt
 	s.mu.Unlock()
 	close(s.done)
+	s.fwd.close()
 	var errs []error
 	if r != nil {
 		f := r.Shutdown()
@@ -617,8 +620,28 @@ func (s *Store) clusterVersion(r *raft.Raft) uint32 {
 }
 
 // Propose applies a command for the named module through raft and
-// returns the module's Apply result. Leader only.
+// returns the module's Apply result. On a follower it forwards the command
+// to the leader's gRPC port (ForwardService, mTLS between hubs): the
+// result comes back only when the module implements ResultCodec (nil
+// otherwise), and the error as a *ForwardedError that unwraps to the
+// store's errors and the sentinels the module lists in ErrorKinds. With
+// no leader known it returns a *NotLeaderError.
 func (s *Store) Propose(ctx context.Context, module string, payload []byte) (any, error) {
+	// Forward only when this hub was not leader to begin with: an entry
+	// whose leader lost office while it waited may still commit, and
+	// sending it again would apply it twice.
+	if r, err := s.open(); err == nil && r.State() != raft.Leader {
+		if s.module(module) == nil {
+			return nil, fmt.Errorf("%w: %q", ErrUnknownModule, module)
+		}
+		return s.forward(ctx, module, payload)
+	}
+	return s.proposeLocal(ctx, module, payload)
+}
+
+// proposeLocal commits a module command through this hub's raft (leader
+// only).
+func (s *Store) proposeLocal(ctx context.Context, module string, payload []byte) (any, error) {
 	s.fsm.mu.RLock()
 	_, ok := s.fsm.modules[module]
 	s.fsm.mu.RUnlock()
