@@ -46,7 +46,7 @@ func attachEnrol(h *hub.Hub) error {
 	mod := enrol.NewModule()
 	h.RegisterModule(mod)
 	h.SetRevocation(mod)
-	wireCertExpiry(mod) // hub_certexpiry.go: the dashboards' sensors view shows certificate expiry
+	wireCertExpiry(h, mod) // hub_certexpiry.go: the dashboards' sensors view shows certificate expiry
 	if cfg.CADir == "" {
 		h.Log().Info("enrol_disabled", "reason", "enrol.ca_dir not set: this hub signs no sensor certificates")
 		return nil

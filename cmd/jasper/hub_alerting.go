@@ -38,7 +38,7 @@ func attachAlerting(h *hub.Hub) error {
 	}
 	h.RegisterModule(a.Module())
 	subscribeHubFindings(h, a.Module().ObserveFinding)
-	setDashboardsActions(a)
+	setDashboardsActions(h, a)
 	h.AddService(a)
 	return nil
 }

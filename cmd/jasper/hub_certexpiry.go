@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/jasperfed/jasper/dashboards"
+	"github.com/jasperfed/jasper/hub"
 	"github.com/jasperfed/jasper/hub/enrol"
 )
 
@@ -29,4 +30,4 @@ func certExpiryFrom(mod *enrol.Module) dashboards.CertExpiry {
 
 // wireCertExpiry gives the dashboards the enrolment module's certificate
 // expiry; attachEnrol calls it once the module is registered.
-func wireCertExpiry(mod *enrol.Module) { setDashboardsCertExpiry(certExpiryFrom(mod)) }
+func wireCertExpiry(h *hub.Hub, mod *enrol.Module) { setDashboardsCertExpiry(h, certExpiryFrom(mod)) }

@@ -19,8 +19,6 @@ import (
 // enrol extension: enrolments and a renewal committed through raft show up
 // as the certificate expiry the dashboards' sensors view reads.
 func TestCertExpiryReachesDashboards(t *testing.T) {
-	t.Cleanup(func() { setDashboardsCertExpiry(nil) })
-	setDashboardsCertExpiry(nil)
 	cfg, err := hub.LoadConfig(writeHubConfig(t, ""))
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +33,7 @@ func TestCertExpiryReachesDashboards(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	// Wired at attach time, before any sensor: an empty answer, not none.
-	if m, err := (lateWired{}).certExpiry(ctx); err != nil || m == nil || len(m) != 0 {
+	if m, err := (lateWired{h}).certExpiry(ctx); err != nil || m == nil || len(m) != 0 {
 		t.Fatalf("cert expiry before any enrolment = %v, %v; want an empty map", m, err)
 	}
 	if err := h.Start(ctx); err != nil {
@@ -74,7 +72,7 @@ func TestCertExpiryReachesDashboards(t *testing.T) {
 	}
 	propose(enrolRec(1, "jp-1", first))
 	propose(enrolRec(2, "jp-2", first.Add(time.Hour)))
-	m, err := (lateWired{}).certExpiry(ctx)
+	m, err := (lateWired{h}).certExpiry(ctx)
 	if err != nil || len(m) != 2 || !m["jp-1"].Equal(first) || !m["jp-2"].Equal(first.Add(time.Hour)) {
 		t.Fatalf("cert expiry after enrolment = %v, %v", m, err)
 	}
@@ -82,7 +80,7 @@ func TestCertExpiryReachesDashboards(t *testing.T) {
 	renewed := first.Add(10 * 24 * time.Hour)
 	propose(&jasperv1.EnrolCommand{Cmd: &jasperv1.EnrolCommand_Issue{Issue: &jasperv1.IssueRecord{
 		SensorId: "jp-1", Cert: &jasperv1.CertRecord{Serial: big.NewInt(99).Bytes(), NotAfter: renewed.Unix()}}}})
-	m, err = (lateWired{}).certExpiry(ctx)
+	m, err = (lateWired{h}).certExpiry(ctx)
 	if err != nil || !m["jp-1"].Equal(renewed) || m["jp-1"].Location() != time.UTC {
 		t.Fatalf("cert expiry after renewal = %v, %v; want jp-1 at %s UTC", m, err, renewed)
 	}

@@ -27,59 +27,78 @@ func init() {
 	hubExtensions = append(hubExtensions, hub.Extension{Name: "dashboards", Attach: attachDashboards})
 }
 
-// dashboardsWiring holds what other hub extensions give the dashboards.
-// They call the set functions below from their Attach, in any order; the
-// dashboards read the values at request time.
+// dashboardsWiring holds what other hub extensions give each hub's
+// dashboards, per hub (the demo runs several hubs in one process, and each
+// dashboard must show its own hub's findings and act through its own
+// alerting). Extensions call the set functions below from their Attach, in
+// any order; the dashboards read the values at request time.
 var dashboardsWiring struct {
 	sync.Mutex
+	hubs map[*hub.Hub]*dashboardsWires
+}
+
+type dashboardsWires struct {
 	findings   dashboards.FindingsProvider
 	actions    dashboards.Actions
 	certExpiry dashboards.CertExpiry
 }
 
-// setDashboardsFindings gives the dashboards the hub's findings (hub/detect).
-func setDashboardsFindings(p dashboards.FindingsProvider) {
+// wireDashboards changes hub h's wiring under the lock.
+func wireDashboards(h *hub.Hub, set func(w *dashboardsWires)) {
 	dashboardsWiring.Lock()
-	dashboardsWiring.findings = p
-	dashboardsWiring.Unlock()
+	defer dashboardsWiring.Unlock()
+	if dashboardsWiring.hubs == nil {
+		dashboardsWiring.hubs = map[*hub.Hub]*dashboardsWires{}
+	}
+	w := dashboardsWiring.hubs[h]
+	if w == nil {
+		w = &dashboardsWires{}
+		dashboardsWiring.hubs[h] = w
+	}
+	set(w)
 }
 
-// setDashboardsActions gives the dashboards acknowledge/silence (alerting).
-func setDashboardsActions(a dashboards.Actions) {
+// dashboardsWired returns a copy of hub h's wiring (zero when none).
+func dashboardsWired(h *hub.Hub) dashboardsWires {
 	dashboardsWiring.Lock()
-	dashboardsWiring.actions = a
-	dashboardsWiring.Unlock()
+	defer dashboardsWiring.Unlock()
+	if w := dashboardsWiring.hubs[h]; w != nil {
+		return *w
+	}
+	return dashboardsWires{}
 }
 
-// setDashboardsCertExpiry gives the dashboards sensor certificate expiry
-// (enrolment).
-func setDashboardsCertExpiry(f dashboards.CertExpiry) {
-	dashboardsWiring.Lock()
-	dashboardsWiring.certExpiry = f
-	dashboardsWiring.Unlock()
+// setDashboardsFindings gives hub h's dashboards its findings (hub/detect).
+func setDashboardsFindings(h *hub.Hub, p dashboards.FindingsProvider) {
+	wireDashboards(h, func(w *dashboardsWires) { w.findings = p })
 }
 
-// lateWired forwards to whatever was wired when a request comes.
-type lateWired struct{}
+// setDashboardsActions gives hub h's dashboards acknowledge/silence
+// (alerting).
+func setDashboardsActions(h *hub.Hub, a dashboards.Actions) {
+	wireDashboards(h, func(w *dashboardsWires) { w.actions = a })
+}
 
-func (lateWired) Findings(ctx context.Context) ([]dashboards.FindingRecord, error) {
-	dashboardsWiring.Lock()
-	p := dashboardsWiring.findings
-	dashboardsWiring.Unlock()
+// setDashboardsCertExpiry gives hub h's dashboards sensor certificate
+// expiry (enrolment).
+func setDashboardsCertExpiry(h *hub.Hub, f dashboards.CertExpiry) {
+	wireDashboards(h, func(w *dashboardsWires) { w.certExpiry = f })
+}
+
+// lateWired forwards to whatever was wired for its hub when a request
+// comes.
+type lateWired struct{ h *hub.Hub }
+
+func (l lateWired) Findings(ctx context.Context) ([]dashboards.FindingRecord, error) {
+	p := dashboardsWired(l.h).findings
 	if p == nil {
 		return nil, nil
 	}
 	return p.Findings(ctx)
 }
 
-func (lateWired) actions() dashboards.Actions {
-	dashboardsWiring.Lock()
-	defer dashboardsWiring.Unlock()
-	return dashboardsWiring.actions
-}
-
 func (l lateWired) Acknowledge(ctx context.Context, id, user, note string) error {
-	a := l.actions()
+	a := dashboardsWired(l.h).actions
 	if a == nil {
 		return dashboards.ErrNotConfigured
 	}
@@ -87,17 +106,15 @@ func (l lateWired) Acknowledge(ctx context.Context, id, user, note string) error
 }
 
 func (l lateWired) Silence(ctx context.Context, id, user string, until time.Time, note string) error {
-	a := l.actions()
+	a := dashboardsWired(l.h).actions
 	if a == nil {
 		return dashboards.ErrNotConfigured
 	}
 	return a.Silence(ctx, id, user, until, note)
 }
 
-func (lateWired) certExpiry(ctx context.Context) (map[string]time.Time, error) {
-	dashboardsWiring.Lock()
-	f := dashboardsWiring.certExpiry
-	dashboardsWiring.Unlock()
+func (l lateWired) certExpiry(ctx context.Context) (map[string]time.Time, error) {
+	f := dashboardsWired(l.h).certExpiry
 	if f == nil {
 		return nil, nil
 	}
@@ -213,7 +230,7 @@ func attachDashboards(h *hub.Hub) error {
 		}
 	}
 	srv, err := dashboards.New(sec.Config, dashboards.Deps{Log: h.Log(), Registerer: h.Registerer(), Source: src,
-		Findings: lateWired{}, Actions: lateWired{}, STIX: stixExport, CertExpiry: lateWired{}.certExpiry})
+		Findings: lateWired{h}, Actions: lateWired{h}, STIX: stixExport, CertExpiry: lateWired{h}.certExpiry})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jasperfed/jasper/dashboards"
+	"github.com/jasperfed/jasper/hub"
+	"github.com/jasperfed/jasper/internal/obs"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
@@ -70,29 +73,60 @@ func (r *recActions) Silence(_ context.Context, id, user string, _ time.Time, _ 
 
 func TestDashboardsLateWiring(t *testing.T) {
 	ctx := context.Background()
-	l := lateWired{}
-	if err := l.Acknowledge(ctx, "f1", "jp", ""); !errors.Is(err, dashboards.ErrNotConfigured) {
+	// Two hubs in one process, as in `jasper demo --in-process`: each
+	// dashboard must use its own hub's findings, actions and expiry.
+	var hubs [2]*hub.Hub
+	for i := range hubs {
+		cfg, err := hub.LoadConfig(writeHubConfig(t, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hubs[i], err = hub.New(cfg, hub.Deps{Registry: obs.NewRegistry()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l1, l2 := lateWired{hubs[0]}, lateWired{hubs[1]}
+	if err := l1.Acknowledge(ctx, "f1", "jp", ""); !errors.Is(err, dashboards.ErrNotConfigured) {
 		t.Errorf("unwired ack = %v", err)
 	}
-	if fs, err := l.Findings(ctx); fs != nil || err != nil {
+	if fs, err := l1.Findings(ctx); fs != nil || err != nil {
 		t.Errorf("unwired findings = %v, %v", fs, err)
 	}
-	a := &recActions{}
-	setDashboardsActions(a)
-	setDashboardsFindings(dashboards.FindingsFunc(func(context.Context) ([]dashboards.FindingRecord, error) {
-		return []dashboards.FindingRecord{{Finding: &jasperv1.Finding{Id: "f1"}}}, nil
-	}))
-	setDashboardsCertExpiry(func(context.Context) (map[string]time.Time, error) {
-		return map[string]time.Time{"s1": time.Unix(1, 0)}, nil
-	})
-	t.Cleanup(func() { setDashboardsActions(nil); setDashboardsFindings(nil); setDashboardsCertExpiry(nil) })
-	if err := l.Silence(ctx, "f1", "jp", time.Now(), ""); err != nil || len(a.got) != 1 || a.got[0] != "silence f1 jp" {
-		t.Errorf("wired silence = %v %v", err, a.got)
+	var acts [2]*recActions
+	for i, h := range hubs {
+		acts[i] = &recActions{}
+		setDashboardsActions(h, acts[i])
+		id := fmt.Sprintf("f%d", i+1)
+		setDashboardsFindings(h, dashboards.FindingsFunc(func(context.Context) ([]dashboards.FindingRecord, error) {
+			return []dashboards.FindingRecord{{Finding: &jasperv1.Finding{Id: id}}}, nil
+		}))
+		sensor := fmt.Sprintf("s%d", i+1)
+		setDashboardsCertExpiry(h, func(context.Context) (map[string]time.Time, error) {
+			return map[string]time.Time{sensor: time.Unix(1, 0)}, nil
+		})
 	}
-	if fs, _ := l.Findings(ctx); len(fs) != 1 {
-		t.Errorf("wired findings = %v", fs)
+	if err := l1.Silence(ctx, "f1", "jp", time.Now(), ""); err != nil || len(acts[0].got) != 1 || acts[0].got[0] != "silence f1 jp" || len(acts[1].got) != 0 {
+		t.Errorf("silence through hub 1 = %v; hub 1 saw %v, hub 2 saw %v", err, acts[0].got, acts[1].got)
 	}
-	if m, _ := l.certExpiry(ctx); len(m) != 1 {
-		t.Errorf("wired cert expiry = %v", m)
+	if err := l2.Acknowledge(ctx, "f2", "ana", ""); err != nil || len(acts[1].got) != 1 || acts[1].got[0] != "ack f2 ana" || len(acts[0].got) != 1 {
+		t.Errorf("ack through hub 2 = %v; hub 1 saw %v, hub 2 saw %v", err, acts[0].got, acts[1].got)
+	}
+	for i, l := range []lateWired{l1, l2} {
+		fs, _ := l.Findings(ctx)
+		if want := fmt.Sprintf("f%d", i+1); len(fs) != 1 || fs[0].Finding.Id != want {
+			t.Errorf("hub %d findings = %v, want %s", i+1, fs, want)
+		}
+		m, _ := l.certExpiry(ctx)
+		if _, ok := m[fmt.Sprintf("s%d", i+1)]; len(m) != 1 || !ok {
+			t.Errorf("hub %d cert expiry = %v", i+1, m)
+		}
+	}
+	// Unwiring one hub leaves the other alone.
+	setDashboardsActions(hubs[0], nil)
+	if err := l1.Acknowledge(ctx, "f1", "jp", ""); !errors.Is(err, dashboards.ErrNotConfigured) {
+		t.Errorf("ack after unwiring hub 1 = %v", err)
+	}
+	if err := l2.Acknowledge(ctx, "f2", "jp", ""); err != nil || len(acts[1].got) != 2 {
+		t.Errorf("ack on hub 2 after unwiring hub 1 = %v, %v", err, acts[1].got)
 	}
 }

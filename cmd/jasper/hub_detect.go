@@ -161,7 +161,7 @@ func attachDetect(h *hub.Hub) error {
 	log := h.Log().With("component", "detect")
 	det.OnFinding(logFinding(log))
 	det.OnFinding(publishHubFindings(h))
-	setDashboardsFindings(detectFindings(det))
+	setDashboardsFindings(h, detectFindings(det))
 	log.Info("detectors_registered",
 		"infected_host", dc.Infected.Enabled, "dos_victim", dc.DoS.Enabled, "port_surge", dc.PortSurge.Enabled,
 		"new_port", dc.NewPort.Enabled, "fingerprint_surge", dc.Fingerprint.Enabled, "country_surge", dc.CountrySurge.Enabled,

@@ -122,7 +122,7 @@ detect:
 	if err := h.Attach(hub.Extension{Name: "enrich", Attach: attachEnrich}, hub.Extension{Name: "detect", Attach: attachDetect}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { setDashboardsFindings(nil) }) // the wiring is global
+	t.Cleanup(func() { setDashboardsFindings(h, nil) })
 	ctx := context.Background()
 	if err := h.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ detect:
 		f.SrcCountry != want.Country || f.SrcCountry == "" || f.GeoDbVersion != e.Version() {
 		t.Fatalf("finding %v; want infected host %v country %q geo %q", f, src, want.Country, e.Version())
 	}
-	recs, err := lateWired{}.Findings(ctx)
+	recs, err := lateWired{h}.Findings(ctx)
 	if err != nil || len(recs) != 1 || recs[0].Finding.Id != f.Id {
 		t.Fatalf("dashboards findings %v %v; want %s", recs, err, f.Id)
 	}
@@ -193,7 +193,7 @@ func TestHubDetectNoGeo(t *testing.T) {
 	if err := h.Attach(hub.Extension{Name: "enrich", Attach: attachEnrich}, hub.Extension{Name: "detect", Attach: attachDetect}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { setDashboardsFindings(nil) })
+	t.Cleanup(func() { setDashboardsFindings(h, nil) })
 	logMu.Lock()
 	l := logs.String()
 	logMu.Unlock()
