@@ -45,13 +45,13 @@ func chSection(addr, db string) string {
 // replayPlan is what the summariser makes of a capture: per batch
 // sequence its rows and packets, and the totals.
 type replayPlan struct {
-	path             string
-	batches          uint64
-	rows, packets    uint64
-	batchRows        map[uint64]uint64
-	batchPackets     map[uint64]uint64
-	maxBatchRows     uint64
-	packetsSummarsed uint64
+	path              string
+	batches           uint64
+	rows, packets     uint64
+	batchRows         map[uint64]uint64
+	batchPackets      map[uint64]uint64
+	maxBatchRows      uint64
+	packetsSummarised uint64
 }
 
 const replayBatchBytes = 2048
@@ -88,9 +88,9 @@ func planReplay(t *testing.T, dir string, frames int) replayPlan {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.packetsSummarsed = totals.PacketsSummarised
-	if p.packets != p.packetsSummarsed {
-		t.Fatalf("summariser: rows carry %d packets, stats say %d summarised", p.packets, p.packetsSummarsed)
+	p.packetsSummarised = totals.PacketsSummarised
+	if p.packets != p.packetsSummarised {
+		t.Fatalf("summariser: rows carry %d packets, stats say %d summarised", p.packets, p.packetsSummarised)
 	}
 	t.Logf("capture: %d frames summarised into %d batches, %d rows, %d packets", frames, p.batches, p.rows, p.packets)
 	return p
@@ -222,7 +222,7 @@ func checkExactlyOnce(t *testing.T, conn driver.Conn, db string, plan replayPlan
 		{"summary packets", "SELECT sum(packets) FROM " + db + ".summary", n * plan.packets},
 		{"sensor_stats batches", "SELECT count() FROM " + db + ".sensor_stats", n * plan.batches},
 		{"sensor_stats rows", "SELECT sum(rows) FROM " + db + ".sensor_stats", n * plan.rows},
-		{"sensor_stats packets_summarised", "SELECT sum(packets_summarised) FROM " + db + ".sensor_stats", n * plan.packetsSummarsed},
+		{"sensor_stats packets_summarised", "SELECT sum(packets_summarised) FROM " + db + ".sensor_stats", n * plan.packetsSummarised},
 		{"summary_minute packets", "SELECT sum(packets) FROM " + db + ".summary_minute", n * plan.packets},
 		{"summary_hour packets", "SELECT sum(packets) FROM " + db + ".summary_hour", n * plan.packets},
 	} {
