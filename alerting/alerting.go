@@ -40,6 +40,7 @@ import (
 	"github.com/jasperfed/jasper/alerting/route"
 	"github.com/jasperfed/jasper/alerting/taxii"
 	"github.com/jasperfed/jasper/alerting/webhook"
+	"github.com/jasperfed/jasper/dashboards"
 	"github.com/jasperfed/jasper/internal/pki"
 )
 
@@ -324,6 +325,11 @@ func (a *Alerting) AdminHandler() http.Handler { return a.admin }
 // *Alerting a dashboards.Actions.
 func (a *Alerting) Acknowledge(ctx context.Context, findingID, user, note string) error {
 	_, err := a.store.Propose(ctx, a.module.Name(), outbox.Encode(outbox.Command{Op: outbox.OpAck, Ack: &outbox.AckCommand{FindingID: findingID, By: user}}))
+	if errors.Is(err, outbox.ErrNotFound) {
+		// No recipient holds it: the dashboards answer 409 with a message
+		// instead of a failed query.
+		return fmt.Errorf("acknowledge %s: %w (%w)", findingID, dashboards.ErrNotRouted, err)
+	}
 	if err != nil {
 		return fmt.Errorf("acknowledge %s: %w", findingID, err)
 	}

@@ -637,6 +637,11 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request, p *principal, si
 		writeError(w, http.StatusNotImplemented, "finding actions are not configured on this hub")
 		return
 	}
+	if !silence && errors.Is(err, ErrNotRouted) {
+		s.log.Info("finding_ack_not_routed", "finding", id, "user", p.account.Name)
+		writeError(w, http.StatusConflict, "finding "+id+" was sent to no recipient (no alerting route matched it), so no alert or reminder is pending and there is nothing to acknowledge; silence it instead to keep it muted should it be sent later")
+		return
+	}
 	if err != nil {
 		s.fail(w, fmt.Errorf("finding action: %w", err))
 		return

@@ -13,6 +13,12 @@ import (
 // hub has not wired: the API answers 501 Not Implemented.
 var ErrNotConfigured = errors.New("not configured on this hub")
 
+// ErrNotRouted is returned (wrapped) by Actions.Acknowledge when no
+// recipient holds the finding (no route matched it, so no alert or
+// reminder is pending): there is nothing to acknowledge. The API answers
+// 409 Conflict and suggests a silence, which is recorded either way.
+var ErrNotRouted = errors.New("the finding was sent to no recipient")
+
 // FindingRecord is a finding with the analysts' actions on it.
 type FindingRecord struct {
 	Finding       *jasperv1.Finding
@@ -30,6 +36,9 @@ type FindingsProvider interface {
 
 // Actions carries an analyst's decision on a finding to alerting. The API
 // has checked that the finding exists and lies in the user's constituency.
+// Acknowledge returns an error wrapping ErrNotRouted when alerting holds
+// the finding for no recipient; the API then answers 409 Conflict with a
+// message saying so (nothing is recorded).
 type Actions interface {
 	Acknowledge(ctx context.Context, findingID, user, note string) error
 	Silence(ctx context.Context, findingID, user string, until time.Time, note string) error

@@ -472,6 +472,9 @@ func (m *Module) Apply(index uint64, payload []byte) (any, error) {
 				n++
 			}
 		}
+		if n == 0 && c.Ack.Recipient == "" {
+			return nil, fmt.Errorf("finding %q held by no recipient: %w", c.Ack.FindingID, ErrNotFound)
+		}
 		if n == 0 {
 			return nil, fmt.Errorf("finding %q of %q: %w", c.Ack.FindingID, c.Ack.Recipient, ErrNotFound)
 		}
