@@ -152,6 +152,10 @@ func BenchmarkAPIOverClickHouse(b *testing.B) {
 		{"top_tcp_ports_24h", "/api/top/tcp_ports?range=24h&limit=20", raw("dst_port, sum(packets) AS p, uniq(src_ip)", "AND protocol = 6 GROUP BY dst_port ORDER BY p DESC LIMIT 20")},
 		{"top_countries_7d", "/api/top/countries?range=168h&limit=20", fmt.Sprintf("SELECT src_country, sum(packets) AS p, uniq(src_ip) FROM %s.summary GROUP BY src_country ORDER BY p DESC LIMIT 20", db)},
 		{"top_asns_24h", "/api/top/asns?range=24h&limit=20", raw("src_asn, sum(packets) AS p, uniq(src_ip)", "GROUP BY src_asn ORDER BY p DESC LIMIT 20")},
+		// Filtered questions that the dashboard rollups cannot answer
+		// (sensor; country with ports): they read summary_minute/hour.
+		{"overview_24h_sensor", "/api/overview?range=24h&sensor=sensor-3", raw("toStartOfFifteenMinutes(bin_start) AS t, class, sum(packets), uniq(src_ip)", "AND sensor_id = 'sensor-3' GROUP BY t, class")},
+		{"top_tcp_ports_24h_country", "/api/top/tcp_ports?range=24h&limit=20&country=US", raw("dst_port, sum(packets) AS p, uniq(src_ip)", "AND protocol = 6 AND src_country = 'US' GROUP BY dst_port ORDER BY p DESC LIMIT 20")},
 		{"overview_1h_port_23", "/api/overview?range=1h&port=23", fmt.Sprintf("SELECT toStartOfMinute(bin_start) AS t, class, sum(packets), uniq(src_ip) FROM %s.summary WHERE bin_start >= toDateTime(%d) AND bin_start < toDateTime(%d) AND dst_port = 23 AND protocol IN (6, 17) GROUP BY t, class", db, to-3600, to)},
 	}
 	const n = 10
