@@ -54,7 +54,21 @@ type fsm struct {
 	nodes        map[string]*jasperv1.RegisterNodeCommand
 	pending      []*jasperv1.CommittedBatch // raft index order
 	pendingRows  uint64
+
+	// The state hash is costly (it encodes the whole state, modules
+	// included), and status polls ask for it often: it is computed at most
+	// once per applied index, and at most once per hashMinInterval. Not
+	// replicated state: only a cache of a pure function of it.
+	hashMu    sync.Mutex
+	hashOK    bool
+	hashIndex uint64
+	hashValue string
+	hashAt    time.Time
 }
+
+// hashMinInterval bounds how often the state hash is recomputed while the
+// applied index moves; the (index, hash) pair returned is always consistent.
+const hashMinInterval = time.Second
 
 func newFSM(log *slog.Logger) *fsm {
 	if log == nil {
@@ -326,12 +340,21 @@ func (f *fsm) encodeState() ([]byte, uint64, error) {
 // stateHash is the SHA-256 of the canonical state and the FSM's applied
 // index: two hubs that applied the same log report the same hash.
 func (f *fsm) stateHash() (uint64, string, error) {
+	f.mu.RLock()
+	idx := f.appliedIndex
+	f.mu.RUnlock()
+	f.hashMu.Lock()
+	defer f.hashMu.Unlock()
+	if f.hashOK && (f.hashIndex == idx || time.Since(f.hashAt) < hashMinInterval) {
+		return f.hashIndex, f.hashValue, nil
+	}
 	b, idx, err := f.encodeState()
 	if err != nil {
 		return 0, "", err
 	}
 	h := sha256.Sum256(b)
-	return idx, hex.EncodeToString(h[:]), nil
+	f.hashOK, f.hashIndex, f.hashValue, f.hashAt = true, idx, hex.EncodeToString(h[:]), time.Now()
+	return f.hashIndex, f.hashValue, nil
 }
 
 // Restore implements raft.FSM.

@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -419,4 +421,36 @@ func FuzzApplyCommand(f *testing.F) {
 			t.Fatal("snapshot round trip changed the state")
 		}
 	})
+}
+
+// TestStateHashCache checks that the cached state hash always comes with
+// the index it was computed at, and is recomputed once the minimum
+// interval has passed.
+func TestStateHashCache(t *testing.T) {
+	f, _ := newTestFSM()
+	log := randomLog(t, 7, 20)
+	for i, e := range log[:10] {
+		f.applyCommand(uint64(i+1), e)
+	}
+	i1, h1, err := f.stateHash()
+	if err != nil || i1 != 10 {
+		t.Fatalf("first hash: index %d err %v", i1, err)
+	}
+	for i, e := range log[10:] {
+		f.applyCommand(uint64(i+11), e)
+	}
+	if i2, h2, _ := f.stateHash(); i2 != i1 || h2 != h1 {
+		t.Fatalf("within the interval: got (%d, %s), want the cached pair (%d, %s)", i2, h2, i1, h1)
+	}
+	f.hashMu.Lock()
+	f.hashAt = f.hashAt.Add(-2 * hashMinInterval)
+	f.hashMu.Unlock()
+	i3, h3, _ := f.stateHash()
+	if i3 != 20 || h3 == h1 {
+		t.Fatalf("after the interval: got (%d, %s), want index 20 and a new hash", i3, h3)
+	}
+	b, _, _ := f.encodeState()
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != h3 {
+		t.Fatal("cached hash differs from the hash of the encoded state")
+	}
 }
