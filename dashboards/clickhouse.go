@@ -16,13 +16,14 @@ import (
 )
 
 // ClickHouseSource answers from the ClickHouse tables of hub/chstore
-// (SCHEMA.md there). Questions without a sensor filter read the dashboard
-// rollups of schema version 2, which keep few keys and uniqHLL12 source
-// states: the overview and the class and fingerprint lists from
-// summary_class_minute / summary_class_hour (also without a country,
-// protocol or port filter), the map and the country list from
-// summary_country_hour (ranges of HourlyListsFrom or more, no protocol or
-// port filter), the port lists from summary_port_hour (same ranges, no
+// (SCHEMA.md there). Most questions read the dashboard rollups of schema
+// versions 2 and 3, which keep few keys and uniqHLL12 source states: the
+// overview and the class and fingerprint lists from summary_class_minute /
+// summary_class_hour, or summary_sensor_class_minute for one sensor
+// (without a country, protocol or port filter); the map and the country
+// list from summary_country_hour, or summary_sensor_country_hour for one
+// sensor (ranges of HourlyListsFrom or more, no protocol or port filter);
+// the port lists from summary_port_hour (same ranges, no sensor or
 // country filter). Every other question reads the finer rollups
 // summary_minute / summary_hour / summary_asn_hour (sum() and uniqMerge()),
 // host lists the raw summary table. The SQL runs on 18.16 and on current
@@ -120,11 +121,8 @@ func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, erro
 		table, hourly = s.db+".summary_minute", false
 	}
 	merge := "uniqMerge(sources)"
-	if s.classRollup(q) {
-		table, merge = s.db+".summary_class_minute", "uniqHLL12Merge(sources)"
-		if hourly {
-			table = s.db + ".summary_class_hour"
-		}
+	if t, ok := s.classTable(q, hourly); ok {
+		table, merge = t, "uniqHLL12Merge(sources)"
 	}
 	w, args := s.where(q, "t", hourly)
 	bucket := fmt.Sprintf("toUInt32(intDiv(toUInt32(t), %d) * %d)", step, step)
@@ -187,10 +185,20 @@ func (s *ClickHouseSource) Overview(ctx context.Context, q Query) ([]Point, erro
 	return out, nil
 }
 
-// classRollup reports whether q can be answered by the class rollups:
-// they have no sensor, country, protocol or port column.
-func (s *ClickHouseSource) classRollup(q Query) bool {
-	return q.Sensor == "" && q.Country == "" && q.Protocol == 0 && !q.HasPort
+// classTable picks the class rollup that can answer q, if any: they have
+// no country, protocol or port column; summary_sensor_class_minute
+// answers for one sensor.
+func (s *ClickHouseSource) classTable(q Query, hourly bool) (string, bool) {
+	if q.Country != "" || q.Protocol != 0 || q.HasPort {
+		return "", false
+	}
+	switch {
+	case q.Sensor != "":
+		return s.db + ".summary_sensor_class_minute", true
+	case hourly:
+		return s.db + ".summary_class_hour", true
+	}
+	return s.db + ".summary_class_minute", true
 }
 
 // Top implements Source. Lists are ranked by packets with plain sums, and
@@ -203,14 +211,11 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		limit = 1000
 	}
 	table, hourly := s.listTable(q)
-	classTable := s.db + ".summary_class_minute"
-	if hourly {
-		classTable = s.db + ".summary_class_hour"
-	}
+	classTable, byClass := s.classTable(q, hourly)
 	const hll = "uniqHLL12Merge(sources)"
 	switch d {
 	case DimFingerprint:
-		if s.classRollup(q) {
+		if byClass {
 			table = classTable
 		}
 		w, a := s.where(q, "t", hourly)
@@ -236,7 +241,10 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		}
 		return s.topTwoPhase(ctx, q, d, "src_asn", s.db+".summary", "bin_start", false, "uniq(src_ip)", limit)
 	case DimCountry:
-		if q.Sensor == "" && q.Protocol == 0 && !q.HasPort && hourly {
+		if q.Protocol == 0 && !q.HasPort && hourly {
+			if q.Sensor != "" {
+				return s.topTwoPhase(ctx, q, d, "src_country", s.db+".summary_sensor_country_hour", "t", true, hll, limit)
+			}
 			return s.topTwoPhase(ctx, q, d, "src_country", s.db+".summary_country_hour", "t", true, hll, limit)
 		}
 		return s.topTwoPhase(ctx, q, d, "src_country", table, "t", hourly, "uniqMerge(sources)", limit)
@@ -246,7 +254,7 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		}
 		return s.topTwoPhase(ctx, q, d, "dst_port", table, "t", hourly, "uniqMerge(sources)", limit)
 	case DimClass:
-		if s.classRollup(q) {
+		if byClass {
 			return s.topTwoPhase(ctx, q, d, "class", classTable, "t", hourly, hll, limit)
 		}
 		return s.topTwoPhase(ctx, q, d, "class", table, "t", hourly, "uniqMerge(sources)", limit)

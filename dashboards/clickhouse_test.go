@@ -207,6 +207,9 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 		day(Query{Country: "JP"}),
 		day(Query{HasPort: true, Port: 443}),
 		day(Query{Protocol: 17}),
+		// One sensor with a country: the fine rollups (checked below to
+		// have data).
+		day(Query{Sensor: "saopaulo-1", Country: "JP"}),
 	} {
 		compare(q, true, allDims)
 	}
@@ -298,9 +301,8 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 		t.Errorf("top countries over ClickHouse = %+v", lr.Entries)
 	}
 
-	// Questions without a sensor filter read the dashboard rollups only:
-	// with the fine rollups emptied they still agree with the embedded
-	// ones.
+	// Most questions read the dashboard rollups only: with the fine
+	// rollups emptied they still agree with the embedded ones.
 	for _, table := range []string{"summary_minute", "summary_hour", "summary_asn_hour"} {
 		if err := ch.conn.Exec(ctx, "TRUNCATE TABLE "+ch.db+"."+table); err != nil {
 			t.Fatal(err)
@@ -311,8 +313,13 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 	compare(day(Query{Country: "JP"}), false, []Dim{DimCountry})
 	compare(day(Query{HasPort: true, Port: 443}), false, []Dim{DimPort})
 	compare(day(Query{Protocol: 17}), false, []Dim{DimPort})
-	// A sensor filter still reads the fine rollups, now empty.
-	if pts, err := ch.Overview(ctx, day(Query{Sensor: "berlin-1"})); err != nil || len(pts) != 0 {
-		t.Errorf("sensor overview after emptying the fine rollups: %d points, %v", len(pts), err)
+	// One sensor: summary_sensor_class_minute and summary_sensor_country_hour.
+	compare(Query{From: now.Add(-3 * time.Hour), To: now, Step: time.Hour, Sensor: "berlin-1"}, true, []Dim{DimClass, DimFingerprint})
+	compare(day(Query{Sensor: "saopaulo-1"}), true, []Dim{DimCountry, DimClass, DimFingerprint})
+	compare(day(Query{Sensor: "saopaulo-1", Country: "JP"}), false, []Dim{DimCountry})
+	// A sensor with a country filter still reads the fine rollups, now
+	// empty.
+	if pts, err := ch.Overview(ctx, day(Query{Sensor: "saopaulo-1", Country: "JP"})); err != nil || len(pts) != 0 {
+		t.Errorf("sensor and country overview after emptying the fine rollups: %d points, %v", len(pts), err)
 	}
 }

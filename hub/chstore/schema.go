@@ -21,8 +21,11 @@ const (
 	TableClassHour   = "summary_class_hour"
 	TableCountryHour = "summary_country_hour"
 	TablePortHour    = "summary_port_hour"
-	TableSensorStats = "sensor_stats"
-	TableMigrations  = "schema_migrations"
+	// Per-sensor dashboard rollups (migration 3).
+	TableSensorClassMinute = "summary_sensor_class_minute"
+	TableSensorCountryHour = "summary_sensor_country_hour"
+	TableSensorStats       = "sensor_stats"
+	TableMigrations        = "schema_migrations"
 )
 
 // PartitionedTables are the tables partitioned by day (toYYYYMMDD of their
@@ -30,6 +33,7 @@ const (
 var PartitionedTables = []string{
 	TableSummary, TableSummaryMinute, TableSummaryHour, TableSummaryASNHour, TableSensorStats,
 	TableClassMinute, TableClassHour, TableCountryHour, TablePortHour,
+	TableSensorClassMinute, TableSensorCountryHour,
 }
 
 // RollupTables are the tables filled by materialized views from summary,
@@ -37,18 +41,21 @@ var PartitionedTables = []string{
 var RollupTables = []string{
 	TableSummaryMinute, TableSummaryHour, TableSummaryASNHour,
 	TableClassMinute, TableClassHour, TableCountryHour, TablePortHour,
+	TableSensorClassMinute, TableSensorCountryHour,
 }
 
 // rollupInsertColumns lists each rollup's columns in the order of its view's
 // SELECT; RebuildRollups names them in its INSERT.
 var rollupInsertColumns = map[string]string{
-	TableSummaryMinute:  "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
-	TableSummaryHour:    "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
-	TableSummaryASNHour: "t, src_asn, src_country, packets, bytes, sources",
-	TableClassMinute:    "t, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
-	TableClassHour:      "t, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
-	TableCountryHour:    "t, src_country, packets, bytes, sources",
-	TablePortHour:       "t, protocol, dst_port, packets, bytes, sources",
+	TableSummaryMinute:     "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableSummaryHour:       "t, sensor_id, src_country, protocol, dst_port, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableSummaryASNHour:    "t, src_asn, src_country, packets, bytes, sources",
+	TableClassMinute:       "t, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableClassHour:         "t, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableCountryHour:       "t, src_country, packets, bytes, sources",
+	TablePortHour:          "t, protocol, dst_port, packets, bytes, sources",
+	TableSensorClassMinute: "t, sensor_id, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
+	TableSensorCountryHour: "t, sensor_id, src_country, packets, bytes, sources",
 }
 
 // migration is one numbered schema step. Every statement is idempotent
@@ -122,6 +129,17 @@ GROUP BY t, src_country`,
   uniqHLL12State(src_ip) AS sources
 FROM {{db}}.summary %s
 GROUP BY t, protocol, dst_port`,
+	TableSensorClassMinute: `SELECT toStartOfMinute(bin_start) AS t, sensor_id, class,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  sum(fp_mirai) AS fp_mirai, sum(fp_zmap) AS fp_zmap, sum(fp_masscan) AS fp_masscan,
+  uniqHLL12State(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, sensor_id, class`,
+	TableSensorCountryHour: `SELECT toStartOfHour(bin_start) AS t, sensor_id, src_country,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  uniqHLL12State(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, sensor_id, src_country`,
 }
 
 func viewSelect(table, where string) string { return fmt.Sprintf(rollupSelect[table], where) }
@@ -250,6 +268,37 @@ ORDER BY (t, protocol, dst_port)`,
 		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_port_hour_mv TO {{db}}.summary_port_hour AS ` + viewSelect(TablePortHour, ""),
 	}, func(ctx context.Context, conn driver.Conn, db string) error {
 		return backfill(ctx, conn, db, []string{TableClassMinute, TableClassHour, TableCountryHour, TablePortHour})
+	}},
+	// One sensor's overview and map: the fine rollups were slower than raw
+	// SQL for them (a sensor filter still merges ~600 K uniq states a day).
+	{3, "per-sensor dashboard rollups: sensor class minute, sensor country hour (uniqHLL12)", []string{
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_sensor_class_minute (
+  t DateTime('UTC'),
+  sensor_id String,
+  class String,
+  packets UInt64,
+  bytes UInt64,
+  fp_mirai UInt64,
+  fp_zmap UInt64,
+  fp_masscan UInt64,
+  sources AggregateFunction(uniqHLL12, String)
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(t)
+ORDER BY (t, sensor_id, class)`,
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_sensor_country_hour (
+  t DateTime('UTC'),
+  sensor_id String,
+  src_country String,
+  packets UInt64,
+  bytes UInt64,
+  sources AggregateFunction(uniqHLL12, String)
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(t)
+ORDER BY (t, sensor_id, src_country)`,
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_sensor_class_minute_mv TO {{db}}.summary_sensor_class_minute AS ` + viewSelect(TableSensorClassMinute, ""),
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_sensor_country_hour_mv TO {{db}}.summary_sensor_country_hour AS ` + viewSelect(TableSensorCountryHour, ""),
+	}, func(ctx context.Context, conn driver.Conn, db string) error {
+		return backfill(ctx, conn, db, []string{TableSensorClassMinute, TableSensorCountryHour})
 	}},
 }
 

@@ -36,23 +36,27 @@ func TestMigrateTwiceAppliesNothing(t *testing.T) {
 	}
 	// Every documented table exists, with the documented engine.
 	want := map[string]string{
-		"summary":                 "MergeTree",
-		"sensor_stats":            "MergeTree",
-		"summary_minute":          "SummingMergeTree",
-		"summary_hour":            "SummingMergeTree",
-		"summary_asn_hour":        "SummingMergeTree",
-		"summary_minute_mv":       "MaterializedView",
-		"summary_hour_mv":         "MaterializedView",
-		"summary_asn_hour_mv":     "MaterializedView",
-		"schema_migrations":       "MergeTree",
-		"summary_class_minute":    "SummingMergeTree",
-		"summary_class_hour":      "SummingMergeTree",
-		"summary_country_hour":    "SummingMergeTree",
-		"summary_port_hour":       "SummingMergeTree",
-		"summary_class_minute_mv": "MaterializedView",
-		"summary_class_hour_mv":   "MaterializedView",
-		"summary_country_hour_mv": "MaterializedView",
-		"summary_port_hour_mv":    "MaterializedView",
+		"summary":                        "MergeTree",
+		"sensor_stats":                   "MergeTree",
+		"summary_minute":                 "SummingMergeTree",
+		"summary_hour":                   "SummingMergeTree",
+		"summary_asn_hour":               "SummingMergeTree",
+		"summary_minute_mv":              "MaterializedView",
+		"summary_hour_mv":                "MaterializedView",
+		"summary_asn_hour_mv":            "MaterializedView",
+		"schema_migrations":              "MergeTree",
+		"summary_class_minute":           "SummingMergeTree",
+		"summary_class_hour":             "SummingMergeTree",
+		"summary_country_hour":           "SummingMergeTree",
+		"summary_port_hour":              "SummingMergeTree",
+		"summary_class_minute_mv":        "MaterializedView",
+		"summary_class_hour_mv":          "MaterializedView",
+		"summary_country_hour_mv":        "MaterializedView",
+		"summary_port_hour_mv":           "MaterializedView",
+		"summary_sensor_class_minute":    "SummingMergeTree",
+		"summary_sensor_country_hour":    "SummingMergeTree",
+		"summary_sensor_class_minute_mv": "MaterializedView",
+		"summary_sensor_country_hour_mv": "MaterializedView",
 	}
 	rows, err := conn.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = ?", db)
 	if err != nil {
@@ -172,9 +176,12 @@ func TestRollupsAndRebuild(t *testing.T) {
 	check("rebuilt")
 }
 
-// dashRollup is what the dashboard rollups (migration 2) hold for a
+// dashRollup is what the dashboard rollups (migrations 2 and 3) hold for a
 // selection: packets, bytes and distinct sources.
 type dashRollup struct{ packets, bytes, sources uint64 }
+
+var dashTables = []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour",
+	"summary_sensor_class_minute", "summary_sensor_country_hour"}
 
 func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 	conn, db := chstoretest.NewDatabase(t)
@@ -184,13 +191,14 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	day := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
+	sensor := "s1"
 	ins := func(bin time.Time, src, country string, proto uint8, port uint16, class string, packets uint64) {
 		t.Helper()
 		b, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".summary (bin_start, sensor_id, src_ip, src_country, src_asn, protocol, dst_port, class, packets, bytes, fp_zmap)")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := b.Append(bin, "s1", src, country, uint32(64500), proto, port, class, packets, packets*60, packets); err != nil {
+		if err := b.Append(bin, sensor, src, country, uint32(64500), proto, port, class, packets, packets*60, packets); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Send(); err != nil {
@@ -202,8 +210,11 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 	ins(day.Add(10*time.Hour+1*time.Minute), "192.0.2.1", "US", 17, 53, "udp", 11)
 	ins(day.Add(10*time.Hour+2*time.Minute), "192.0.2.3", "US", 6, 445, "tcp_syn", 13)
 	ins(day.Add(11*time.Hour), "192.0.2.3", "US", 6, 23, "tcp_syn", 17)
-	// A second day, to see the backfill cover every day.
+	// A second day, to see the backfill cover every day, from another
+	// sensor.
+	sensor = "s2"
 	ins(day.Add(30*time.Hour), "198.51.100.9", "BR", 6, 23, "tcp_syn", 19)
+	sensor = "s1"
 
 	get := func(q string, args ...any) dashRollup {
 		t.Helper()
@@ -225,6 +236,10 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_country_hour WHERE t = ? AND src_country = 'US'": {24, 24 * 60, 2},
 			// hour 10, tcp/23: 5+7 from .1 .2
 			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_port_hour WHERE t = ? AND protocol = 6 AND dst_port = 23": {12, 12 * 60, 2},
+			// sensor s1, hour 10 (minutes 10:00-10:59): 5+7+11+13 from .1 .2 .3
+			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_sensor_class_minute WHERE toStartOfHour(t) = ? AND sensor_id = 's1'": {36, 36 * 60, 3},
+			// sensor s1, hour 10, US: 11+13 from .1 .3
+			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_sensor_country_hour WHERE t = ? AND sensor_id = 's1' AND src_country = 'US'": {24, 24 * 60, 2},
 		}
 		for q, w := range want {
 			if got := get(q, h10); got != w {
@@ -232,9 +247,14 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 			}
 		}
 		// Whole tables, both days: every row counted once.
-		for _, table := range []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour"} {
+		for _, table := range dashTables {
 			if got := get("SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + "." + table); got != (dashRollup{72, 72 * 60, 4}) {
 				t.Errorf("%s: %s totals %+v, want {72 4320 4}", label, table, got)
+			}
+		}
+		for table, col := range map[string]string{"summary_sensor_class_minute": "class", "summary_sensor_country_hour": "src_country"} {
+			if got := get("SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + "." + table + " WHERE sensor_id = 's2' AND " + col + " != ''"); got != (dashRollup{19, 19 * 60, 1}) {
+				t.Errorf("%s: %s for s2 %+v, want {19 1140 1}", label, table, got)
 			}
 		}
 		var fp uint64
@@ -243,7 +263,7 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 		}
 	}
 	check("views")
-	for _, table := range []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour"} {
+	for _, table := range dashTables {
 		if err := conn.Exec(ctx, "OPTIMIZE TABLE "+db+"."+table+" FINAL"); err != nil {
 			t.Fatal(err)
 		}
@@ -251,7 +271,7 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 	check("after merge")
 	// A crash between summary and the views: RebuildRollups restores the
 	// new tables too (and leaves the other day alone).
-	for _, table := range []string{"summary_class_minute", "summary_country_hour", "summary_port_hour"} {
+	for _, table := range []string{"summary_class_minute", "summary_country_hour", "summary_port_hour", "summary_sensor_class_minute", "summary_sensor_country_hour"} {
 		if err := conn.Exec(ctx, "ALTER TABLE "+db+"."+table+" DROP PARTITION ID '20261120'"); err != nil {
 			t.Fatal(err)
 		}
@@ -265,9 +285,9 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 	}
 	check("rebuilt twice")
 
-	// A database of schema version 1 with data: migration 2 must fill the
-	// new tables from summary. Remove them and the record of version 2.
-	for _, name := range []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour"} {
+	// A database of schema version 1 with data: migrations 2 and 3 must
+	// fill the new tables from summary. Remove them and the records.
+	for _, name := range dashTables {
 		if err := conn.Exec(ctx, "DROP TABLE "+db+"."+name+"_mv"); err != nil {
 			t.Fatal(err)
 		}
