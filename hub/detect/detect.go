@@ -189,9 +189,8 @@ type row struct {
 	dstIPs        uint32
 	distinctPorts uint32
 	overflow      bool
-	t0, t1        int64  // event time, Unix ms
-	bin           int64  // detector bin start, Unix s
-	seq           uint64 // sensor batch sequence
+	t0, t1        int64 // event time, Unix ms
+	bin           int64 // detector bin start, Unix s
 	label         jasperv1.SourceLabel
 	country       string
 	asn           uint32
@@ -280,7 +279,6 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	}
 	protos, ports, icmpTypes := full(rows.Protocol), full(rows.DstPort), full(rows.IcmpType)
 	dsts, dports, firsts, lasts := full(rows.DstIps), full(rows.DistinctPorts), full(rows.FirstSeenMs), full(rows.LastSeenMs)
-	seq := b.GetSequence()
 	var r row
 	for i := range n {
 		addr, ok := netip.AddrFromSlice(rows.SrcIp[i])
@@ -297,7 +295,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 		r.dstIPs, r.distinctPorts = dsts[i], dports[i]
 		r.overflow = col(rows.Overflow, i)
 		r.t0, r.t1 = binStartMs+int64(firsts[i]), binStartMs+int64(lasts[i])
-		r.bin, r.seq, r.fps = bin, seq, r.fps[:0]
+		r.bin, r.fps = bin, r.fps[:0]
 		r.label, r.country, r.asn = 0, "", 0
 		r.portKnown = (r.proto == 6 || r.proto == 17) && !r.overflow
 		if r.t1 < r.t0 {
@@ -810,9 +808,7 @@ func (d *Detector) Tracked() (hosts, victims int) {
 	return d.st.hosts.l.Len(), d.st.victims.l.Len()
 }
 
-// snapshotMagic names the layout; v2: dst slots carry the batch sequence
-// and the sum of earlier batches (delta rows of early flushes).
-const snapshotMagic = "jasper-detect-v2"
+const snapshotMagic = "jasper-detect-v1"
 
 // Snapshot writes the whole state; equal states give equal bytes.
 func (d *Detector) Snapshot(w io.Writer) error {

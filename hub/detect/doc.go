@@ -30,11 +30,13 @@
 // header quoted by ICMP errors. Hence:
 //
 //   - distinct dark addresses of a source are estimated as the sum over
-//     sensor batches of its largest per-row count in the batch: exact for
-//     one port in one batch, a lower bound across ports of a batch, and an
-//     over-count for an address hit again in a later batch of the bin (a
-//     sensor's early flushes every 2 s ship delta rows, see sensor/summary)
-//     or a later bin (the packet threshold guards that);
+//     (sensor, bin) of its largest per-row count: exact for one port in one
+//     bin, a lower bound across ports of a bin, and an over-count for an
+//     address hit again in later bins (the packet threshold guards that).
+//     A sensor's early flushes (every 2 s, sensor/summary) ship delta rows
+//     whose dst_ips is the row's count for the bin so far, so the largest
+//     over a bin's batches is the bin's count, and the estimate grows with
+//     every flush instead of at bin close;
 //   - ICMP errors are judged by outer type only. The victim of a reflected
 //     attack is the quoted packet's destination, and routers on the path may
 //     send the error; without the quoted header the detector attributes the

@@ -11,17 +11,12 @@ import (
 // addrKey is a source address as 16 bytes (IPv4 mapped into IPv6).
 type addrKey [16]byte
 
-// dstSlot estimates a source's distinct dark addresses in one (sensor,
-// bin): within one sensor batch, the largest dst_ips of its rows (a lower
-// bound: rows of other ports may reach the same addresses); over the
-// batches of the bin, the sum of those maxima, since a sensor's early
-// flushes ship delta rows whose counts cover disjoint spans of the bin.
+// dstSlot is the largest dst_ips of one row of a source in one (sensor,
+// bin): a lower bound of the distinct dark addresses it reached there.
 type dstSlot struct {
 	sensor string
 	bin    int64
-	seq    uint64 // sensor batch sequence of cur
-	cur    uint32 // largest dst_ips in batch seq
-	done   uint64 // sum of the maxima of the earlier batches of the bin
+	max    uint32
 }
 
 // maxDstSlots bounds the slots kept per source; older slots are folded
@@ -29,40 +24,36 @@ type dstSlot struct {
 const maxDstSlots = 8
 
 // dstEst estimates a source's distinct dark destinations: the sum over
-// (sensor, bin) of dstSlot estimates. Within one batch it never counts an
-// address twice; an address reached again in another early-flush span or
-// bin is counted again (a sensor's delta rows do not say which addresses
-// they repeat), which is why the infected-host rule also asks for packets.
+// (sensor, bin) of the largest per-row count. Within a bin it never counts
+// an address twice (a sensor's partial rows carry the row's distinct
+// destinations of the bin so far, so the maximum over its batches is the
+// bin's count);
+// across bins an address reached again is counted again, which is why the
+// infected-host rule also asks for packets.
 type dstEst struct {
 	settled uint64
 	slots   []dstSlot
 }
 
-func (e *dstEst) add(sensor string, bin int64, seq uint64, n uint32) {
+func (e *dstEst) add(sensor string, bin int64, n uint32) {
 	for i := range e.slots {
-		s := &e.slots[i]
-		if s.bin == bin && s.sensor == sensor {
-			if s.seq == seq {
-				s.cur = max(s.cur, n)
-			} else {
-				s.done += uint64(s.cur)
-				s.seq, s.cur = seq, n
-			}
+		if e.slots[i].bin == bin && e.slots[i].sensor == sensor {
+			e.slots[i].max = max(e.slots[i].max, n)
 			return
 		}
 	}
 	if len(e.slots) == maxDstSlots {
-		e.settled += e.slots[0].done + uint64(e.slots[0].cur)
+		e.settled += uint64(e.slots[0].max)
 		copy(e.slots, e.slots[1:])
 		e.slots = e.slots[:maxDstSlots-1]
 	}
-	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, seq: seq, cur: n})
+	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, max: n})
 }
 
 func (e *dstEst) total() uint64 {
 	t := e.settled
 	for _, s := range e.slots {
-		t += s.done + uint64(s.cur)
+		t += uint64(s.max)
 	}
 	return t
 }
@@ -73,9 +64,7 @@ func (e *dstEst) encode(w *enc) {
 	for _, s := range e.slots {
 		w.s(s.sensor)
 		w.i(s.bin)
-		w.u(s.seq)
-		w.u(uint64(s.cur))
-		w.u(s.done)
+		w.u(uint64(s.max))
 	}
 }
 
@@ -84,7 +73,7 @@ func (e *dstEst) decode(d *dec) {
 	n := d.n(maxDstSlots)
 	e.slots = nil
 	for i := 0; i < n && d.err == nil; i++ {
-		e.slots = append(e.slots, dstSlot{sensor: d.s(), bin: d.i(), seq: d.u(), cur: uint32(d.u()), done: d.u()})
+		e.slots = append(e.slots, dstSlot{sensor: d.s(), bin: d.i(), max: uint32(d.u())})
 	}
 }
 
@@ -121,7 +110,7 @@ func (ev *evidence) addRow(r *row, sensor string) {
 	ev.last = max(ev.last, r.t1)
 	ev.packets += r.packets
 	ev.bytes += r.bytes
-	ev.dst.add(sensor, r.bin, r.seq, r.dstIPs)
+	ev.dst.add(sensor, r.bin, r.dstIPs)
 	if r.overflow {
 		ev.portsEst += uint64(r.distinctPorts)
 	} else if r.portKnown {

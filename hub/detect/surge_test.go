@@ -228,7 +228,7 @@ func FuzzRestore(f *testing.F) {
 	}
 	f.Add(buf.Bytes())
 	f.Add([]byte{})
-	f.Add([]byte("\x10jasper-detect-v2\xff\xff\xff\xff\x0f"))
+	f.Add([]byte("\x10jasper-detect-v1\xff\xff\xff\xff\x0f"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := mustNew(t, surgeConfig())
 		if err := d.Restore(bytes.NewReader(data)); err != nil {

@@ -515,7 +515,8 @@ func (a *Aggregator) reset() {
 // EarlyFlush emits, as Partial batches, delta rows for the rows with new
 // packets since the previous early flush (new sources and known ones), at
 // most Config.MaxEarlyRows of them, oldest activity first, then resets
-// those rows so that later batches of the bin carry only what comes after.
+// their counters so that later batches of the bin carry only what comes
+// after (dst_ips and distinct_ports stay counts for the bin so far).
 // Rows left over stay queued (Stats.EarlyRowsDeferred counts them). The
 // open bin's stats so far go with the first batch.
 func (a *Aggregator) EarlyFlush() error {
@@ -532,22 +533,18 @@ func (a *Aggregator) EarlyFlush() error {
 	a.addTotals()
 	a.stats = Stats{}
 	for _, i := range ship {
-		r := a.row(i)
-		r.reset(&a.arena)
-		if r.key.overflow() {
-			a.ports[a.ovPorts[i]].reset(&a.arena)
-		}
+		a.row(i).reset()
 	}
 	a.dirty = a.dirty[:copy(a.dirty, a.dirty[n:])]
 	return err
 }
 
 // reset empties a row shipped by an early flush, keeping its key and its
-// sketch slot (cleared), so that repeated flushes of a busy row do not use
-// up the bin's slots.
-func (r *rowState) reset(arena *slotArena) {
+// distinct-destination set (and an overflow row's port set, which lives
+// apart): counters restart, so later batches carry deltas, while dst_ips
+// and distinct_ports stay the row's distinct counts for the bin so far.
+func (r *rowState) reset() {
 	d := r.dst
 	*r = rowState{key: r.key}
 	r.dst = d
-	r.dst.reset(arena)
 }

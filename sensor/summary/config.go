@@ -18,21 +18,21 @@
 // Rows are additive across the batches of a bin: a bin too large for one
 // batch is split, an early flush (Config.EarlyFlush) ships partial rows,
 // and a late packet for a bin already sealed on the wall clock ships in a
-// further batch of that bin. dst_ips and distinct_ports are distinct counts
-// per batch, so summing them over the batches of one bin may over-count:
-// a destination (or port) reached in two early-flush intervals of the bin
-// is counted once in each of the two rows. Consumers that need a bound
-// take, per bin, the sum over batches of the largest per-row count (a
-// lower bound of each batch's distinct destinations, summed; hub/detect
-// does so) or the maximum (a lower bound of the bin's).
+// further batch of that bin. packets, bytes, fragments and fingerprint
+// counts add up over a bin's batches. dst_ips and distinct_ports do not:
+// in an early-flushed row they are the row's distinct counts for the bin
+// so far (the sets are kept across flushes), so the largest value over a
+// bin's batches is the bin's count and summing them over-counts (each
+// address is counted once more in every later batch of the row). A late
+// batch after a seal starts its counts afresh.
 //
 // # Early flush (the sightings fast path)
 //
 // With Config.EarlyFlush > 0 (default 2 s), every EarlyFlush of event time
 // (and, for live sources, of wall-clock time) the aggregator ships as a
 // Partial batch a delta row for every row with new packets since the
-// previous flush, new sources and known ones alike, and resets those rows
-// (keeping their sketch slots), so that the packet that takes a source over
+// previous flush, new sources and known ones alike, and resets their
+// counters (keeping their distinct sets), so that the packet that takes a source over
 // a hub detector's threshold reaches the hub within about EarlyFlush plus
 // the uplink's round trip instead of at bin close. Rows with new packets
 // are queued when they get their first packet since the last flush (no

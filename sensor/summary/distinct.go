@@ -142,19 +142,6 @@ func (d *distinct) add(v uint32, arena *slotArena) {
 	}
 }
 
-// reset empties d and clears aux. A set that holds a slot keeps it, in
-// list mode with no values, so that the slot is reused.
-func (d *distinct) reset(arena *slotArena) {
-	switch d.mode {
-	case modeList, modeHLL:
-		idx := d.slot()
-		*arena.get(idx) = slot{}
-		*d = distinct{inline: [inlineN]uint32{idx}, mode: modeList}
-	default:
-		*d = distinct{}
-	}
-}
-
 func (d *distinct) toBitmap() {
 	vals := d.inline
 	d.inline = [inlineN]uint32{}

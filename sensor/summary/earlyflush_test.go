@@ -26,7 +26,7 @@ func TestEarlyFlushShipsKnownSources(t *testing.T) {
 		add(t, a, t0.Add(time.Duration(i)*500*time.Millisecond), syn("203.0.113.1", dst(i), 23))
 	}
 	add(t, a, t0.Add(3*time.Second), syn("203.0.113.2", dst(1), 80))
-	var early []int
+	var early, dsts []int
 	for _, b := range c.batches {
 		if !b.Partial {
 			t.Fatal("a batch before the seal is not partial")
@@ -34,16 +34,15 @@ func TestEarlyFlushShipsKnownSources(t *testing.T) {
 		for i, ip := range b.Rows.SrcIp {
 			if netip.AddrFrom4([4]byte(ip)) == netip.MustParseAddr("203.0.113.1") {
 				early = append(early, int(b.Rows.Packets[i]))
-				if b.Rows.DstIps[i] != uint32(b.Rows.Packets[i]) {
-					t.Errorf("delta row: %d packets to %d addresses, want equal", b.Rows.Packets[i], b.Rows.DstIps[i])
-				}
+				dsts = append(dsts, int(b.Rows.DstIps[i]))
 			}
 		}
 	}
 	// Flushes at 2 s, 4 s, 6 s, 8 s of event time (each before the packet
-	// that is due at or after it): 4 packets each.
-	if fmt.Sprint(early) != "[4 4 4 4]" {
-		t.Errorf("scanner's delta rows %v, want [4 4 4 4]", early)
+	// that is due at or after it): 4 packets each, to 4, 8, 12, 16
+	// addresses of the bin so far.
+	if fmt.Sprint(early) != "[4 4 4 4]" || fmt.Sprint(dsts) != "[4 8 12 16]" {
+		t.Errorf("scanner's delta rows: packets %v dst_ips %v, want [4 4 4 4] [4 8 12 16]", early, dsts)
 	}
 	if err := a.Flush(); err != nil {
 		t.Fatal(err)
@@ -105,28 +104,31 @@ func TestEarlyFlushCap(t *testing.T) {
 	}
 }
 
-// TestEarlyFlushReusesSketch: a busy row flushed again and again keeps its
-// sketch slot, so each delta's distinct count stays exact even when the
-// bin has a single slot.
-func TestEarlyFlushReusesSketch(t *testing.T) {
+// TestEarlyFlushKeepsDistinctSets: a row flushed again and again keeps its
+// distinct set, so dst_ips is the bin's count so far (the same address in
+// two flushes counts once), and the sets use no more sketch slots than
+// whole bins would.
+func TestEarlyFlushKeepsDistinctSets(t *testing.T) {
 	cfg := summary.DefaultConfig()
 	cfg.MaxSketches = 1
 	a, c := newAgg(t, cfg)
-	for round := range 10 {
+	for round := range 3 {
+		// 20 addresses per round: 10 new, 10 seen in the previous round.
 		for i := range 20 {
-			add(t, a, t0.Add(time.Duration(round)*time.Second), syn("203.0.113.1", fmt.Sprintf("198.51.100.%d", round*20+i), 23))
+			add(t, a, t0.Add(time.Duration(round)*time.Second), syn("203.0.113.1", fmt.Sprintf("198.51.100.%d", round*10+i), 23))
 		}
 		if err := a.EarlyFlush(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	rows := c.rows(t)
-	if len(rows) != 10 {
-		t.Fatalf("%d rows, want 10", len(rows))
+	if len(rows) != 3 {
+		t.Fatalf("%d rows, want 3", len(rows))
 	}
-	for i, r := range rows {
-		if r.Packets != 20 || r.DstIPs != 20 || r.TTLMin != 50 || r.FirstSeen != t0.Add(time.Duration(i)*time.Second) {
-			t.Errorf("delta %d: %+v", i, r)
+	for i, want := range []uint32{20, 30, 40} {
+		r := rows[i]
+		if r.Packets != 20 || r.DstIPs != want || r.TTLMin != 50 || r.FirstSeen != t0.Add(time.Duration(i)*time.Second) {
+			t.Errorf("delta %d: %+v, want 20 packets to %d addresses so far", i, r, want)
 		}
 	}
 }
