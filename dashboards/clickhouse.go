@@ -24,7 +24,8 @@ import (
 // list from summary_country_hour, or summary_sensor_country_hour for one
 // sensor (ranges of HourlyListsFrom or more, no protocol or port filter);
 // the port lists from summary_port_hour (same ranges, no sensor or
-// country filter). Every other question reads the finer rollups
+// country filter); the sources of the ASN list from
+// summary_asn_hour_by_asn. Every other question reads the finer rollups
 // summary_minute / summary_hour / summary_asn_hour (sum() and uniqMerge()),
 // host lists the raw summary table. The SQL runs on 18.16 and on current
 // servers.
@@ -237,7 +238,9 @@ func (s *ClickHouseSource) Top(ctx context.Context, q Query, d Dim) ([]Entry, er
 		return out, rows.Err()
 	case DimASN:
 		if q.Sensor == "" && q.Protocol == 0 && !q.HasPort && hourly {
-			return s.topTwoPhase(ctx, q, d, "src_asn", s.db+".summary_asn_hour", "t", true, "uniqMerge(sources)", limit)
+			// Ranked on the time-sorted table, sources of the listed
+			// ASNs from the ASN-sorted copy.
+			return s.topTables(ctx, q, d, "src_asn", s.db+".summary_asn_hour", s.db+".summary_asn_hour_by_asn", "t", true, "uniqMerge(sources)", limit)
 		}
 		return s.topTwoPhase(ctx, q, d, "src_asn", s.db+".summary", "bin_start", false, "uniq(src_ip)", limit)
 	case DimCountry:
@@ -273,6 +276,12 @@ func sqlString(s string) string {
 // topTwoPhase ranks col by packets, then counts distinct sources for the
 // keys of the list only.
 func (s *ClickHouseSource) topTwoPhase(ctx context.Context, q Query, d Dim, col, table, tcol string, hourly bool, distinct string, limit int) ([]Entry, error) {
+	return s.topTables(ctx, q, d, col, table, table, tcol, hourly, distinct, limit)
+}
+
+// topTables is topTwoPhase ranking on table and counting the sources on
+// sourcesTable (the same rows, sorted otherwise).
+func (s *ClickHouseSource) topTables(ctx context.Context, q Query, d Dim, col, table, sourcesTable, tcol string, hourly bool, distinct string, limit int) ([]Entry, error) {
 	w, args := s.where(q, tcol, hourly)
 	if d == DimPort && q.Protocol == 0 {
 		w += " AND protocol IN (6, 17)"
@@ -310,7 +319,7 @@ func (s *ClickHouseSource) topTwoPhase(ctx context.Context, q Query, d Dim, col,
 			keys[i] = sqlString(e.Key)
 		}
 	}
-	rows, err = s.conn.Query(ctx, "SELECT toString("+col+") AS k, "+distinct+" AS n FROM "+table+w+
+	rows, err = s.conn.Query(ctx, "SELECT toString("+col+") AS k, "+distinct+" AS n FROM "+sourcesTable+w+
 		" AND "+col+" IN ("+strings.Join(keys, ", ")+") GROUP BY k", args...)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse top %s sources: %w", d, err)

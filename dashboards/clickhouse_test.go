@@ -303,16 +303,24 @@ func TestClickHouseSourceAgreesWithRollups(t *testing.T) {
 
 	// Most questions read the dashboard rollups only: with the fine
 	// rollups emptied they still agree with the embedded ones.
-	for _, table := range []string{"summary_minute", "summary_hour", "summary_asn_hour"} {
+	for _, table := range []string{"summary_minute", "summary_hour"} {
 		if err := ch.conn.Exec(ctx, "TRUNCATE TABLE "+ch.db+"."+table); err != nil {
 			t.Fatal(err)
 		}
 	}
 	compare(Query{From: now.Add(-6 * time.Hour), To: now, Step: 15 * time.Minute}, true, []Dim{DimClass, DimFingerprint})
-	compare(day(Query{}), true, []Dim{DimCountry, DimClass, DimFingerprint, DimPort})
+	compare(day(Query{}), true, []Dim{DimCountry, DimClass, DimFingerprint, DimPort, DimASN})
 	compare(day(Query{Country: "JP"}), false, []Dim{DimCountry})
 	compare(day(Query{HasPort: true, Port: 443}), false, []Dim{DimPort})
 	compare(day(Query{Protocol: 17}), false, []Dim{DimPort})
+	// The ASN list counts sources on summary_asn_hour_by_asn: emptied, the
+	// list keeps its ranking (summary_asn_hour) without sources.
+	if err := ch.conn.Exec(ctx, "TRUNCATE TABLE "+ch.db+".summary_asn_hour_by_asn"); err != nil {
+		t.Fatal(err)
+	}
+	if es, err := ch.Top(ctx, day(Query{Limit: 5}), DimASN); err != nil || len(es) == 0 || es[0].Packets == 0 || es[0].Sources != 0 {
+		t.Errorf("ASN list without summary_asn_hour_by_asn = %+v, %v; want ranked entries with no sources", es, err)
+	}
 	// One sensor: summary_sensor_class_minute and summary_sensor_country_hour.
 	compare(Query{From: now.Add(-3 * time.Hour), To: now, Step: time.Hour, Sensor: "berlin-1"}, true, []Dim{DimClass, DimFingerprint})
 	compare(day(Query{Sensor: "saopaulo-1"}), true, []Dim{DimCountry, DimClass, DimFingerprint})

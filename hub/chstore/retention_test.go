@@ -32,8 +32,8 @@ func TestDropPartitionsOlderThan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 2 * len(PartitionedTables); n != want || want != 22 {
-		t.Errorf("dropped %d partitions, want %d (2 days of 11 tables)", n, want)
+	if want := 2 * len(PartitionedTables); n != want || want != 24 {
+		t.Errorf("dropped %d partitions, want %d (2 days of 12 tables)", n, want)
 	}
 	for _, table := range PartitionedTables {
 		col := "bin_start"

@@ -24,8 +24,10 @@ const (
 	// Per-sensor dashboard rollups (migration 3).
 	TableSensorClassMinute = "summary_sensor_class_minute"
 	TableSensorCountryHour = "summary_sensor_country_hour"
-	TableSensorStats       = "sensor_stats"
-	TableMigrations        = "schema_migrations"
+	// summary_asn_hour sorted by ASN first (migration 4).
+	TableASNHourByASN = "summary_asn_hour_by_asn"
+	TableSensorStats  = "sensor_stats"
+	TableMigrations   = "schema_migrations"
 )
 
 // PartitionedTables are the tables partitioned by day (toYYYYMMDD of their
@@ -33,7 +35,7 @@ const (
 var PartitionedTables = []string{
 	TableSummary, TableSummaryMinute, TableSummaryHour, TableSummaryASNHour, TableSensorStats,
 	TableClassMinute, TableClassHour, TableCountryHour, TablePortHour,
-	TableSensorClassMinute, TableSensorCountryHour,
+	TableSensorClassMinute, TableSensorCountryHour, TableASNHourByASN,
 }
 
 // RollupTables are the tables filled by materialized views from summary,
@@ -41,7 +43,7 @@ var PartitionedTables = []string{
 var RollupTables = []string{
 	TableSummaryMinute, TableSummaryHour, TableSummaryASNHour,
 	TableClassMinute, TableClassHour, TableCountryHour, TablePortHour,
-	TableSensorClassMinute, TableSensorCountryHour,
+	TableSensorClassMinute, TableSensorCountryHour, TableASNHourByASN,
 }
 
 // rollupInsertColumns lists each rollup's columns in the order of its view's
@@ -56,6 +58,7 @@ var rollupInsertColumns = map[string]string{
 	TablePortHour:          "t, protocol, dst_port, packets, bytes, sources",
 	TableSensorClassMinute: "t, sensor_id, class, packets, bytes, fp_mirai, fp_zmap, fp_masscan, sources",
 	TableSensorCountryHour: "t, sensor_id, src_country, packets, bytes, sources",
+	TableASNHourByASN:      "t, src_asn, src_country, packets, bytes, sources",
 }
 
 // migration is one numbered schema step. Every statement is idempotent
@@ -140,6 +143,11 @@ GROUP BY t, sensor_id, class`,
   uniqHLL12State(src_ip) AS sources
 FROM {{db}}.summary %s
 GROUP BY t, sensor_id, src_country`,
+	TableASNHourByASN: `SELECT toStartOfHour(bin_start) AS t, src_asn, src_country,
+  sum(packets) AS packets, sum(bytes) AS bytes,
+  uniqState(src_ip) AS sources
+FROM {{db}}.summary %s
+GROUP BY t, src_asn, src_country`,
 }
 
 func viewSelect(table, where string) string { return fmt.Sprintf(rollupSelect[table], where) }
@@ -299,6 +307,24 @@ ORDER BY (t, sensor_id, src_country)`,
 		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_sensor_country_hour_mv TO {{db}}.summary_sensor_country_hour AS ` + viewSelect(TableSensorCountryHour, ""),
 	}, func(ctx context.Context, conn driver.Conn, db string) error {
 		return backfill(ctx, conn, db, []string{TableSensorClassMinute, TableSensorCountryHour})
+	}},
+	// The top-ASN list ranks ASNs by packets on summary_asn_hour (sorted
+	// by time), then merges the sources of the listed ASNs only: from this
+	// copy sorted by ASN, which reads their granules and no others.
+	{4, "summary_asn_hour_by_asn: ASN-hour rollup sorted by ASN", []string{
+		`CREATE TABLE IF NOT EXISTS {{db}}.summary_asn_hour_by_asn (
+  t DateTime('UTC'),
+  src_asn UInt32,
+  src_country String,
+  packets UInt64,
+  bytes UInt64,
+  sources AggregateFunction(uniq, String)
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(t)
+ORDER BY (src_asn, t, src_country)`,
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.summary_asn_hour_by_asn_mv TO {{db}}.summary_asn_hour_by_asn AS ` + viewSelect(TableASNHourByASN, ""),
+	}, func(ctx context.Context, conn driver.Conn, db string) error {
+		return backfill(ctx, conn, db, []string{TableASNHourByASN})
 	}},
 }
 

@@ -57,6 +57,8 @@ func TestMigrateTwiceAppliesNothing(t *testing.T) {
 		"summary_sensor_country_hour":    "SummingMergeTree",
 		"summary_sensor_class_minute_mv": "MaterializedView",
 		"summary_sensor_country_hour_mv": "MaterializedView",
+		"summary_asn_hour_by_asn":        "SummingMergeTree",
+		"summary_asn_hour_by_asn_mv":     "MaterializedView",
 	}
 	rows, err := conn.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = ?", db)
 	if err != nil {
@@ -181,7 +183,7 @@ func TestRollupsAndRebuild(t *testing.T) {
 type dashRollup struct{ packets, bytes, sources uint64 }
 
 var dashTables = []string{"summary_class_minute", "summary_class_hour", "summary_country_hour", "summary_port_hour",
-	"summary_sensor_class_minute", "summary_sensor_country_hour"}
+	"summary_sensor_class_minute", "summary_sensor_country_hour", "summary_asn_hour_by_asn"}
 
 func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 	conn, db := chstoretest.NewDatabase(t)
@@ -240,6 +242,8 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_sensor_class_minute WHERE toStartOfHour(t) = ? AND sensor_id = 's1'": {36, 36 * 60, 3},
 			// sensor s1, hour 10, US: 11+13 from .1 .3
 			"SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + ".summary_sensor_country_hour WHERE t = ? AND sensor_id = 's1' AND src_country = 'US'": {24, 24 * 60, 2},
+			// ASN 64500, hour 10: 5+7+11+13 from .1 .2 .3 (uniq states)
+			"SELECT sum(packets), sum(bytes), uniqMerge(sources) FROM " + db + ".summary_asn_hour_by_asn WHERE t = ? AND src_asn = 64500": {36, 36 * 60, 3},
 		}
 		for q, w := range want {
 			if got := get(q, h10); got != w {
@@ -248,7 +252,11 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 		}
 		// Whole tables, both days: every row counted once.
 		for _, table := range dashTables {
-			if got := get("SELECT sum(packets), sum(bytes), uniqHLL12Merge(sources) FROM " + db + "." + table); got != (dashRollup{72, 72 * 60, 4}) {
+			merge := "uniqHLL12Merge"
+			if table == "summary_asn_hour_by_asn" {
+				merge = "uniqMerge"
+			}
+			if got := get("SELECT sum(packets), sum(bytes), " + merge + "(sources) FROM " + db + "." + table); got != (dashRollup{72, 72 * 60, 4}) {
 				t.Errorf("%s: %s totals %+v, want {72 4320 4}", label, table, got)
 			}
 		}
@@ -271,7 +279,7 @@ func TestDashboardRollupsRebuildAndBackfill(t *testing.T) {
 	check("after merge")
 	// A crash between summary and the views: RebuildRollups restores the
 	// new tables too (and leaves the other day alone).
-	for _, table := range []string{"summary_class_minute", "summary_country_hour", "summary_port_hour", "summary_sensor_class_minute", "summary_sensor_country_hour"} {
+	for _, table := range []string{"summary_class_minute", "summary_country_hour", "summary_port_hour", "summary_sensor_class_minute", "summary_sensor_country_hour", "summary_asn_hour_by_asn"} {
 		if err := conn.Exec(ctx, "ALTER TABLE "+db+"."+table+" DROP PARTITION ID '20261120'"); err != nil {
 			t.Fatal(err)
 		}
