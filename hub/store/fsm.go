@@ -57,18 +57,14 @@ type fsm struct {
 
 	// The state hash is costly (it encodes the whole state, modules
 	// included), and status polls ask for it often: it is computed at most
-	// once per applied index, and at most once per hashMinInterval. Not
-	// replicated state: only a cache of a pure function of it.
+	// once per applied index. Not replicated state: only a cache of a pure
+	// function of it. (A time-based cache would make two hubs' answers
+	// taken together disagree on the index, so there is none.)
 	hashMu    sync.Mutex
 	hashOK    bool
 	hashIndex uint64
 	hashValue string
-	hashAt    time.Time
 }
-
-// hashMinInterval bounds how often the state hash is recomputed while the
-// applied index moves; the (index, hash) pair returned is always consistent.
-const hashMinInterval = time.Second
 
 func newFSM(log *slog.Logger) *fsm {
 	if log == nil {
@@ -345,7 +341,7 @@ func (f *fsm) stateHash() (uint64, string, error) {
 	f.mu.RUnlock()
 	f.hashMu.Lock()
 	defer f.hashMu.Unlock()
-	if f.hashOK && (f.hashIndex == idx || time.Since(f.hashAt) < hashMinInterval) {
+	if f.hashOK && f.hashIndex == idx {
 		return f.hashIndex, f.hashValue, nil
 	}
 	b, idx, err := f.encodeState()
@@ -353,7 +349,7 @@ func (f *fsm) stateHash() (uint64, string, error) {
 		return 0, "", err
 	}
 	h := sha256.Sum256(b)
-	f.hashOK, f.hashIndex, f.hashValue, f.hashAt = true, idx, hex.EncodeToString(h[:]), time.Now()
+	f.hashOK, f.hashIndex, f.hashValue = true, idx, hex.EncodeToString(h[:])
 	return f.hashIndex, f.hashValue, nil
 }
 
