@@ -423,7 +423,11 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 		d.raise(index, subjectKey("ih|", &h.key), f, h.ev.last)
 		h.finding = f.Id
 	}
-	of := st.byID[h.finding]
+	of := h.of
+	if of == nil || of.f.Id != h.finding || of.f.State == jasperv1.FindingState_FINDING_STATE_ENDED {
+		of = st.byID[h.finding]
+		h.of = of
+	}
 	if of == nil {
 		h.finding = ""
 		return

@@ -223,6 +223,9 @@ type subject struct {
 	asn       uint32
 	finding   string // id of the open finding, if any
 	epoch     uint64 // transient: last batch that touched it
+	// of caches the open finding named by finding (transient: checked
+	// against finding and the state before use, never snapshotted).
+	of *openFinding
 }
 
 type minuteCount struct {
