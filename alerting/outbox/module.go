@@ -304,7 +304,7 @@ func (m *Module) notify(r *directory.Recipient, items []route.Item, now int64) {
 	m.st.Stats.Notifications++
 	for _, c := range r.Channels() {
 		d := &Delivery{
-			ID:           DeliveryID(r.ID, seq, c),
+			ID:           DeliveryID(r.ID, seq, c, now, items),
 			Notification: n.ID,
 			Recipient:    r.ID,
 			Channel:      c,
@@ -340,9 +340,17 @@ func (m *Module) notify(r *directory.Recipient, items []route.Item, now int64) {
 
 // DeliveryID is the stable id of the delivery of notification seq to one
 // channel of a recipient: the idempotency key of every attempt.
-func DeliveryID(recipient string, seq uint64, channel string) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%s", recipient, seq, channel))
-	return "msg_" + hex.EncodeToString(h[:12])
+func DeliveryID(recipient string, seq uint64, channel string, createdMs int64, items []route.Item) string {
+	// The notification's event time and content are part of the id, so a
+	// federation whose state was reset (a new cluster) never reuses an id a
+	// receiver already processed for a different alert: receivers dedup by id.
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%s\x00%d", recipient, seq, channel, createdMs)
+	for _, it := range items {
+		fmt.Fprintf(h, "\x00%v\x00%v\x00", it.Kind, it.Reason)
+		h.Write(it.FindingBytes)
+	}
+	return "msg_" + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
 // expireRetries gives up on head deliveries that have been retried for
