@@ -32,6 +32,10 @@ type Service interface {
 type Extension struct {
 	Name   string
 	Attach func(h *Hub) error
+	// Check, optional, validates the extension's section of a configuration
+	// without starting anything: `jasper hub run --check` calls it, so a bad
+	// key or value inside the section is named before a hub is started.
+	Check func(cfg Config) error
 }
 
 // Deps are the hub's collaborators.

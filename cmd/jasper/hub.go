@@ -71,6 +71,14 @@ func hubRun(ctx context.Context, args []string) error {
 		if _, err := pki.ServerConfig(cfg.TLS); err != nil {
 			return fmt.Errorf("config %s: tls: %w", *path, err)
 		}
+		for _, e := range hubExtensions {
+			if e.Check == nil {
+				continue
+			}
+			if err := e.Check(cfg); err != nil {
+				return fmt.Errorf("config %s: %w", *path, err)
+			}
+		}
 		out, err := yaml.Marshal(cfg.Redacted())
 		if err != nil {
 			return err

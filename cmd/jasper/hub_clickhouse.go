@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"sync"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -15,22 +13,7 @@ import (
 )
 
 func init() {
-	hubExtensions = append(hubExtensions, hub.Extension{Name: "clickhouse", Attach: attachClickHouse})
-	// `hub run --check` validates the top-level sections but runs no
-	// extension; check the clickhouse section there too, so that a bad key
-	// or value is named before the hub is started.
-	run, ok := hubCommands["run"]
-	if !ok || run.run == nil {
-		panic("hub_clickhouse.go: hub run is not registered (hub.go's init must run first)")
-	}
-	next := run.run
-	run.run = func(ctx context.Context, args []string) error {
-		if err := checkClickHouseFlags(args); err != nil {
-			return err
-		}
-		return next(ctx, args)
-	}
-	hubCommands["run"] = run
+	hubExtensions = append(hubExtensions, hub.Extension{Name: "clickhouse", Attach: attachClickHouse, Check: checkClickHouse})
 }
 
 // clickHouseSection decodes the hub's `clickhouse:` section strictly over
@@ -50,25 +33,10 @@ func clickHouseSection(cfg hub.Config) (c chstore.Config, ok bool, err error) {
 	return c, true, nil
 }
 
-// checkClickHouseFlags runs for `hub run`: with --check and a config file
-// it validates the clickhouse section (the rest of --check is hubRun's).
-// Flag errors are left to hubRun.
-func checkClickHouseFlags(args []string) error {
-	fs := flag.NewFlagSet("jasper hub run", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	path := fs.String("config", "", "")
-	check := fs.Bool("check", false, "")
-	if fs.Parse(args) != nil || !*check || *path == "" {
-		return nil
-	}
-	cfg, err := hub.LoadConfig(*path)
-	if err != nil {
-		return nil // hubRun reports it
-	}
-	if _, _, err := clickHouseSection(cfg); err != nil {
-		return fmt.Errorf("config %s: %w", *path, err)
-	}
-	return nil
+// checkClickHouse validates the clickhouse section for `hub run --check`.
+func checkClickHouse(cfg hub.Config) error {
+	_, _, err := clickHouseSection(cfg)
+	return err
 }
 
 // attachClickHouse wires the ClickHouse loader into a hub that has a

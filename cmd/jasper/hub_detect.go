@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -39,20 +37,8 @@ import (
 // a bad key with its line.
 func init() {
 	hubExtensions = append(hubExtensions,
-		hub.Extension{Name: "enrich", Attach: attachEnrich},
-		hub.Extension{Name: "detect", Attach: attachDetect})
-	run, ok := hubCommands["run"]
-	if !ok || run.run == nil {
-		panic("hub_detect.go: hub run is not registered (hub.go's init must run first)")
-	}
-	next := run.run
-	run.run = func(ctx context.Context, args []string) error {
-		if err := checkDetectFlags(args); err != nil {
-			return err
-		}
-		return next(ctx, args)
-	}
-	hubCommands["run"] = run
+		hub.Extension{Name: "enrich", Attach: attachEnrich, Check: checkEnrich},
+		hub.Extension{Name: "detect", Attach: attachDetect, Check: checkDetect})
 }
 
 // enrichSection decodes the `enrich:` section strictly over the defaults,
@@ -83,36 +69,27 @@ func detectSection(cfg hub.Config) (detect.Config, error) {
 	return c, nil
 }
 
-// checkDetectFlags runs for `hub run`: with --check and a config file it
-// validates the enrich and detect sections (and that the geo databases
-// open); the rest of --check is hubRun's.
-func checkDetectFlags(args []string) error {
-	fs := flag.NewFlagSet("jasper hub run", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	path := fs.String("config", "", "")
-	check := fs.Bool("check", false, "")
-	if fs.Parse(args) != nil || !*check || *path == "" {
-		return nil
-	}
-	cfg, err := hub.LoadConfig(*path)
-	if err != nil {
-		return nil // hubRun reports it
-	}
+// checkEnrich validates the enrich section for `hub run --check`, and that
+// the geo databases it names open.
+func checkEnrich(cfg hub.Config) error {
 	ec, err := enrichSection(cfg)
 	if err != nil {
-		return fmt.Errorf("config %s: %w", *path, err)
+		return err
 	}
 	if ec.CountryDB != "" || ec.ASNDB != "" {
 		e, err := enrich.New(ec, enrich.Deps{})
 		if err != nil {
-			return fmt.Errorf("config %s: enrich: %w", *path, err)
+			return fmt.Errorf("enrich: %w", err)
 		}
 		e.Close()
 	}
-	if _, err := detectSection(cfg); err != nil {
-		return fmt.Errorf("config %s: %w", *path, err)
-	}
 	return nil
+}
+
+// checkDetect validates the detect section for `hub run --check`.
+func checkDetect(cfg hub.Config) error {
+	_, err := detectSection(cfg)
+	return err
 }
 
 // attachEnrich sets the hub's enricher from the `enrich:` section.
