@@ -71,6 +71,7 @@ func TestHubAlertingExtension(t *testing.T) {
 	cfgPath := filepath.Join(dir, "hub.yaml")
 	os.WriteFile(cfgPath, []byte(`
 node_id: hub-1
+metrics_listen: ""
 data_dir: data
 tls: {ca: ca.pem, cert: hub-1.pem, key: hub-1-key.pem}
 raft: {bind: 127.0.0.1:0, bootstrap: true}

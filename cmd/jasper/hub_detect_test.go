@@ -62,6 +62,7 @@ func detectTestHub(t *testing.T, extra string) string {
 	path := filepath.Join(dir, "hub.yaml")
 	y := `
 node_id: hub-1
+metrics_listen: ""
 data_dir: data
 tls: {ca: ca.pem, cert: hub-1.pem, key: hub-1-key.pem}
 raft: {bind: 127.0.0.1:0, bootstrap: true}
