@@ -32,6 +32,9 @@ type Config struct {
 	MaxRowsPerBin int             `yaml:"max_rows_per_bin"`
 	MaxBatchBytes int             `yaml:"max_batch_bytes"`
 	EarlyFlush    config.Duration `yaml:"early_flush"`
+	// MaxEarlyRows bounds the rows of one early flush; the rest wait for
+	// the next flush (see summary.Config.MaxEarlyRows).
+	MaxEarlyRows int `yaml:"max_early_rows"`
 
 	Spool SpoolConfig `yaml:"spool"`
 	// Hubs are ingest addresses (host:port), tried in order.
@@ -175,6 +178,7 @@ func DefaultConfig() Config {
 		MaxRowsPerBin: sc.MaxRowsPerBin,
 		MaxBatchBytes: sc.MaxBatchBytes,
 		EarlyFlush:    config.Duration(sc.EarlyFlush),
+		MaxEarlyRows:  sc.MaxEarlyRows,
 		Spool:         SpoolConfig{Dir: "/var/lib/jasper/spool", MaxBytes: ByteSize(sp.MaxBytes), SegmentBytes: ByteSize(sp.SegmentBytes)},
 		Uplink: UplinkConfig{
 			Window:       up.Window,
@@ -315,6 +319,7 @@ func (c Config) summaryConfig() (summary.Config, error) {
 	sc.MaxRowsPerBin = c.MaxRowsPerBin
 	sc.MaxBatchBytes = c.MaxBatchBytes
 	sc.EarlyFlush = c.EarlyFlush.D()
+	sc.MaxEarlyRows = c.MaxEarlyRows
 	if err := sc.Validate(); err != nil {
 		return sc, err
 	}

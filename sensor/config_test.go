@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -226,5 +227,30 @@ func TestExampleConfigValid(t *testing.T) {
 	}
 	if cfg.Source.Interface == "" || len(cfg.Hubs) != 3 || cfg.Spool.MaxBytes != 1<<30 {
 		t.Fatalf("example decoded as %+v", cfg)
+	}
+}
+
+// TestMaxEarlyRowsReachesSummary checks that early_flush and max_early_rows
+// of the YAML reach the summariser, and that the example turns the fast
+// path on.
+func TestMaxEarlyRowsReachesSummary(t *testing.T) {
+	cfg, err := LoadConfig(filepath.Join("..", "deploy", "sensor.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := cfg.summaryConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.EarlyFlush != 2*time.Second || sc.MaxEarlyRows != 20000 {
+		t.Fatalf("example: early flush %s, max early rows %d; want 2s and 20000", sc.EarlyFlush, sc.MaxEarlyRows)
+	}
+	cfg.MaxEarlyRows = 7
+	if sc, err = cfg.summaryConfig(); err != nil || sc.MaxEarlyRows != 7 {
+		t.Fatalf("max_early_rows 7: got %d, %v", sc.MaxEarlyRows, err)
+	}
+	cfg.MaxEarlyRows = 0
+	if _, err := cfg.summaryConfig(); err == nil {
+		t.Fatal("max_early_rows 0 with early_flush on was accepted")
 	}
 }
