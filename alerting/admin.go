@@ -16,7 +16,7 @@ import (
 	"github.com/jasperfed/jasper/alerting/directory"
 	"github.com/jasperfed/jasper/alerting/outbox"
 	"github.com/jasperfed/jasper/alerting/route"
-	"github.com/jasperfed/jasper/internal/pki"
+	"github.com/jasperfed/jasper/alerting/taxii"
 )
 
 // Caller is an authenticated admin API user.
@@ -43,34 +43,17 @@ func (c *Caller) owns(id string) bool {
 // Authorizer authenticates an admin API request.
 type Authorizer func(r *http.Request) (*Caller, error)
 
-// DefaultAuthorize accepts a federation client certificate verified by the
-// TLS listener (role admin: everything; role analyst: the CERT of its
-// country) or a recipient's bearer token (the TAXII token: that recipient).
+// DefaultAuthorize accepts what the TAXII server accepts (taxii.Identify):
+// a federation client certificate verified by the TLS listener (role
+// admin: everything; role analyst: the CERT of its country) or a
+// recipient's bearer token (the TAXII token: that recipient).
 func DefaultAuthorize(m *outbox.Module) Authorizer {
 	return func(r *http.Request) (*Caller, error) {
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
-			id, err := pki.FromCertificate(r.TLS.VerifiedChains[0][0])
-			if err != nil {
-				return nil, err
-			}
-			switch id.Role {
-			case pki.RoleAdmin:
-				return &Caller{Name: id.String(), Admin: true}, nil
-			case pki.RoleAnalyst:
-				c := &Caller{Name: id.String()}
-				if cert := m.CERTOf(id.Country); cert != "" {
-					c.Recipients = []string{cert}
-				}
-				return c, nil
-			}
-			return nil, fmt.Errorf("%s may not use the alerting API", id)
+		p, err := taxii.Identify(m, r, "use the alerting API")
+		if err != nil {
+			return nil, err
 		}
-		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-			if id := m.RecipientByToken(strings.TrimSpace(tok)); id != "" {
-				return &Caller{Name: "token:" + id, Recipients: []string{id}}, nil
-			}
-		}
-		return nil, errors.New("present a federation client certificate or a recipient token")
+		return &Caller{Name: p.Name, Admin: p.All, Recipients: p.Recipients}, nil
 	}
 }
 

@@ -130,12 +130,28 @@ func (p *Principal) may(id string) bool {
 var errUnauthenticated = errors.New("present a federation client certificate or a bearer token")
 
 func (s *Server) authenticate(r *http.Request) (*Principal, error) {
+	return Identify(s.src, r, "read TAXII")
+}
+
+// Recipients maps credentials to recipients: what Identify needs of the
+// alerting state.
+type Recipients interface {
+	RecipientByToken(token string) string
+	CERTOf(country string) string
+}
+
+// Identify is how both the TAXII server and the alerting admin API know who
+// is asking: a recipient's bearer token (that recipient), or a federation
+// client certificate verified by the TLS listener (role admin: every
+// recipient; role analyst: the CERT of its country). what names the
+// service in the refusal of any other role.
+func Identify(src Recipients, r *http.Request, what string) (*Principal, error) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		tok, ok := strings.CutPrefix(h, "Bearer ")
 		if !ok {
 			return nil, errUnauthenticated
 		}
-		id := s.src.RecipientByToken(strings.TrimSpace(tok))
+		id := src.RecipientByToken(strings.TrimSpace(tok))
 		if id == "" {
 			return nil, errors.New("unknown token")
 		}
@@ -151,12 +167,12 @@ func (s *Server) authenticate(r *http.Request) (*Principal, error) {
 			return &Principal{Name: id.String(), All: true}, nil
 		case pki.RoleAnalyst:
 			p := &Principal{Name: id.String()}
-			if c := s.src.CERTOf(id.Country); c != "" {
+			if c := src.CERTOf(id.Country); c != "" {
 				p.Recipients = []string{c}
 			}
 			return p, nil
 		}
-		return nil, fmt.Errorf("%s may not read TAXII", id)
+		return nil, fmt.Errorf("%s may not %s", id, what)
 	}
 	return nil, errUnauthenticated
 }
