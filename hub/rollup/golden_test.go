@@ -1,0 +1,250 @@
+package rollup
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite testdata/golden_* from the current code")
+
+// goldenLog is a reproducible log that reaches every branch of OnBatch:
+// IPv4, IPv6 and IPv4-mapped sources, malformed rows, overflow rows,
+// non-port protocols, fingerprints, unknown countries and ASNs, the cell
+// cap (folding), the host cap, late batches and evictions.
+func goldenLog(seed uint64, n int) []*jasperv1.CommittedBatch {
+	rng := rand.New(rand.NewPCG(seed, 5))
+	countries := []string{"JP", "DE", "US", "BR", "", "FR", "CN"}
+	classes := []jasperv1.TrafficClass{jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN, jasperv1.TrafficClass_TRAFFIC_CLASS_UDP,
+		jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_RST, jasperv1.TrafficClass_TRAFFIC_CLASS_ICMP,
+		jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYNACK, jasperv1.TrafficClass_TRAFFIC_CLASS_OTHER}
+	var log []*jasperv1.CommittedBatch
+	for i := range n {
+		r := &jasperv1.Rows{}
+		en := &jasperv1.Enrichment{}
+		fps := []*jasperv1.FingerprintColumn{{Name: "mirai"}, {Name: "zmap"}, {Name: ""}}
+		var pk uint64
+		// Batches with a short or no enrichment use sources of their own,
+		// so that every source has one country and ASN (Hosts reports the
+		// country of one of a host's records, whichever it meets first).
+		odd := i%11 == 3 || i%29 == 0
+		for range 1 + rng.IntN(100) {
+			v := rng.IntN(600)
+			var src []byte
+			switch {
+			case v < 500 && odd:
+				src = []byte{10, 9, byte(v), byte(v * 7)}
+			case v < 500:
+				src = []byte{10, byte(v % 3), byte(v), byte(v * 7)}
+			case v < 560:
+				a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i % 2), 15: byte(v)})
+				if odd {
+					a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: 9, 15: byte(v)})
+				}
+				src = a.AsSlice()
+			case v < 590:
+				a := netip.AddrFrom16(netip.AddrFrom4([4]byte{192, 0, byte(2 + b2i(odd)), byte(v)}).As16())
+				src = a.AsSlice()
+			default:
+				src = []byte{1, 2, 3} // malformed
+			}
+			c := classes[rng.IntN(len(classes))]
+			proto := uint32(6)
+			switch c {
+			case jasperv1.TrafficClass_TRAFFIC_CLASS_UDP:
+				proto = 17
+			case jasperv1.TrafficClass_TRAFFIC_CLASS_ICMP:
+				proto = 1
+			case jasperv1.TrafficClass_TRAFFIC_CLASS_OTHER:
+				proto = uint32(47 + rng.IntN(3))
+			}
+			port := uint32(rng.IntN(40))
+			if rng.IntN(4) == 0 {
+				port = uint32(rng.IntN(70000))
+			}
+			p := 1 + rng.Uint64N(40)
+			r.SrcIp = append(r.SrcIp, src)
+			r.Protocol = append(r.Protocol, proto)
+			r.DstPort = append(r.DstPort, port)
+			r.Class = append(r.Class, c)
+			r.Packets = append(r.Packets, p)
+			r.Bytes = append(r.Bytes, p*(40+rng.Uint64N(100)))
+			r.FirstSeenMs = append(r.FirstSeenMs, uint32(rng.IntN(30000)))
+			r.LastSeenMs = append(r.LastSeenMs, uint32(30000+rng.IntN(30000)))
+			r.Overflow = append(r.Overflow, rng.IntN(25) == 0)
+			for k, fc := range fps {
+				var x uint64
+				if rng.IntN(5) == 0 {
+					x = 1 + rng.Uint64N(p)
+				}
+				if k == 1 && rng.IntN(3) != 0 {
+					x = 0
+				}
+				fc.Packets = append(fc.Packets, x)
+			}
+			// Country and ASN are functions of the source, as enrichment is.
+			if odd {
+				en.SrcCountry = append(en.SrcCountry, "")
+				en.SrcAsn = append(en.SrcAsn, 0)
+			} else {
+				en.SrcCountry = append(en.SrcCountry, countries[v%len(countries)])
+				en.SrcAsn = append(en.SrcAsn, uint32(v%23))
+			}
+			pk += p
+		}
+		if i%11 == 3 {
+			// Short enrichment and short columns: missing values read as zero.
+			en.SrcCountry = en.SrcCountry[:len(en.SrcCountry)/2]
+			en.SrcAsn = en.SrcAsn[:len(en.SrcAsn)/3]
+			r.Class = r.Class[:len(r.Class)-1]
+		}
+		r.Fingerprints = fps
+		bin := int64(t0 + 60*(i/4) - 60*rng.IntN(2))
+		if i%37 == 36 {
+			bin -= 3600 // late
+		}
+		cb := &jasperv1.CommittedBatch{SensorId: fmt.Sprintf("s%d", i%5), SensorCountry: countries[i%3], Enrichment: en,
+			ReceivedAtMs: bin*1000 + 61000 + int64(i),
+			Batch: &jasperv1.Batch{Sequence: uint64(i / 5), BinStart: bin + int64(rng.IntN(60)), BinSeconds: 60, Rows: r,
+				SealedAtMs: bin*1000 + 60000 + int64(rng.IntN(900)),
+				Stats:      &jasperv1.SensorStats{PacketsSeen: pk + 5, PacketsSummarised: pk, KernelDrops: uint64(i % 3), ShedRows: uint64(i % 2)}}}
+		if i%29 == 0 {
+			cb.Enrichment = nil
+		}
+		log = append(log, cb)
+	}
+	return log
+}
+
+// goldenAnswers runs every query the dashboards use over a few filters.
+func goldenAnswers(m *Module) map[string]any {
+	o, n := m.Span()
+	filters := map[string]Filter{
+		"all": {}, "s1": {Sensor: "s1"}, "jp": {Country: "JP"}, "unknown_country": {Country: ""},
+		"tcp": {Protocol: 6}, "udp": {Protocol: 17}, "gre": {Protocol: 47}, "port7": {HasPort: true, Port: 7},
+		"other_port": {HasPort: true, Port: OtherPort}, "recent": {From: n.Add(-5 * time.Minute)},
+		"early": {To: o.Add(3 * time.Minute)}, "s2_de_tcp": {Sensor: "s2", Country: "DE", Protocol: 6},
+		"nosuch": {Sensor: "nosuch"},
+	}
+	out := map[string]any{"stats": m.Stats(), "sensors": m.Sensors(), "span": []time.Time{o, n}}
+	for name, f := range filters {
+		out["overview_1m_"+name] = m.Overview(f, time.Minute)
+		out["overview_3m_"+name] = m.Overview(f, 3*time.Minute)
+		limit := 25
+		if name == "all" {
+			limit = 0
+		}
+		for _, d := range []Dim{DimPort, DimCountry, DimASN, DimFingerprint, DimSensor, DimClass, DimProtocol} {
+			out[fmt.Sprintf("top_%d_%s", d, name)] = m.Top(f, d, limit)
+		}
+		out["top5_port_"+name] = m.Top(f, DimPort, 5)
+		out["hosts_"+name] = m.Hosts(f, nil, limit)
+		out["hosts_v4_"+name] = m.Hosts(f, func(a netip.Addr, c string) bool { return a.Is4() && c != "FR" }, 7)
+	}
+	return out
+}
+
+func goldenModule(t *testing.T) *Module {
+	t.Helper()
+	m := newModule(t, func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 400, 120, 25*time.Minute })
+	for i, cb := range goldenLog(42, 160) {
+		m.OnBatch(uint64(i+1), cb)
+		if i%23 == 22 {
+			m.OnTick(uint64(i+1), time.Unix(t0+int64(15*i), 0))
+		}
+	}
+	st := m.Stats()
+	if st.FoldedRows == 0 || st.DroppedHosts == 0 || st.EvictedBins == 0 || st.LateBatches == 0 || st.BadRows == 0 {
+		t.Fatalf("golden log did not reach every branch: %+v", st)
+	}
+	return m
+}
+
+// readGolden returns the content of the gzipped file testdata/name.gz.
+func readGolden(t *testing.T, name string) []byte {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", name+".gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func checkGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	if *updateGolden {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		_, _ = zw.Write(got)
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join("testdata", name+".gz"), buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := readGolden(t, name)
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the golden file (%d vs %d bytes)", name, len(got), len(want))
+	}
+}
+
+// TestGoldenAnswers pins the answers and the snapshot of a log that
+// reaches every branch to those of the original implementation
+// (testdata/golden_*.gz, written by the map-of-structs version of the module
+// before the packed-key rewrite): faster code must give the same answers.
+func TestGoldenAnswers(t *testing.T) {
+	m := goldenModule(t)
+	ans, err := json.MarshalIndent(goldenAnswers(m), "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "golden_answers.json", ans)
+	var snap bytes.Buffer
+	if err := m.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "golden_snapshot_v1.json", snap.Bytes())
+	// The restored module answers the same.
+	r := newModule(t, func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 400, 120, 25*time.Minute })
+	if err := r.Restore(bytes.NewReader(snap.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	ans2, err := json.MarshalIndent(goldenAnswers(r), "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(ans, ans2) {
+		t.Error("the restored module answers differently")
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
