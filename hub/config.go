@@ -88,6 +88,11 @@ type RaftConfig struct {
 	ProposeWindow   config.Duration `yaml:"propose_window"`
 	MaxGroupBatches int             `yaml:"max_group_batches"`
 	MaxGroupBytes   int             `yaml:"max_group_bytes"`
+	// LogCacheEntries and LogCacheBytes bound the in-memory cache of the
+	// newest raft entries (0 entries: off). Replication to followers and
+	// the followers' apply read entries from it instead of the bolt file.
+	LogCacheEntries int `yaml:"log_cache_entries"`
+	LogCacheBytes   int `yaml:"log_cache_bytes"`
 }
 
 // IngestConfig is the sensor-facing gRPC port.
@@ -134,6 +139,8 @@ func DefaultConfig() Config {
 			ProposeWindow:      config.Duration(sc.ProposeWindow),
 			MaxGroupBatches:    sc.MaxGroupBatches,
 			MaxGroupBytes:      sc.MaxGroupBytes,
+			LogCacheEntries:    sc.LogCacheEntries,
+			LogCacheBytes:      sc.LogCacheBytes,
 		},
 		Ingest: IngestConfig{
 			Listen:        ic.Listen,
@@ -354,6 +361,8 @@ func (c Config) storeConfig() store.Config {
 	sc.ProposeWindow = c.Raft.ProposeWindow.D()
 	sc.MaxGroupBatches = c.Raft.MaxGroupBatches
 	sc.MaxGroupBytes = c.Raft.MaxGroupBytes
+	sc.LogCacheEntries = c.Raft.LogCacheEntries
+	sc.LogCacheBytes = c.Raft.LogCacheBytes
 	sc.ApplyTimeout = c.Raft.ApplyTimeout.D()
 	sc.HeartbeatTimeout = c.Raft.HeartbeatTimeout.D()
 	sc.ElectionTimeout = c.Raft.ElectionTimeout.D()

@@ -9,6 +9,8 @@ type metrics struct {
 	proposerBatch prometheus.Histogram
 	proposals     *prometheus.CounterVec
 	forwarded     *prometheus.CounterVec
+
+	logCacheHits, logCacheMisses prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
@@ -31,11 +33,19 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 			Name: "jasper_hub_forwarded_proposals_total",
 			Help: "Module proposals this follower forwarded to the leader, by outcome (ok, refused by the module or store, error reaching the leader, no_leader known).",
 		}, []string{"outcome"}),
+		logCacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jasper_hub_raft_log_cache_hits_total",
+			Help: "Raft log reads (replication, follower apply) served from the in-memory cache of the newest entries.",
+		}),
+		logCacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jasper_hub_raft_log_cache_misses_total",
+			Help: "Raft log reads that went to the bolt log store.",
+		}),
 	}
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.applyLatency, m.proposerBatch, m.proposals, m.forwarded,
+	reg.MustRegister(m.applyLatency, m.proposerBatch, m.proposals, m.forwarded, m.logCacheHits, m.logCacheMisses,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jasper_hub_raft_commit_index", Help: "Raft commit index."},
 			func() float64 { return float64(s.raftIndexes().commit) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "jasper_hub_raft_applied_index", Help: "Raft applied index."},

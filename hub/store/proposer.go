@@ -3,18 +3,25 @@ package store
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 type proposal struct {
-	pb   *jasperv1.ProposedBatch
+	// enc is the ProposedBatch encoded by the caller (pooled: returned to
+	// encPool once the group's entry is assembled).
+	enc  *[]byte
 	size int
 	res  chan proposalResult
 }
+
+// encPool recycles the buffers batches are encoded into before the
+// proposer copies them into one raft entry.
+var encPool = sync.Pool{New: func() any { return new([]byte) }}
 
 type proposalResult struct {
 	r   BatchResult
@@ -69,19 +76,27 @@ func (s *Store) EnqueueBatch(ctx context.Context, b *jasperv1.CommittedBatch, re
 	if !s.IsLeader() {
 		return nil, s.notLeader()
 	}
-	p := &proposal{
-		pb:  &jasperv1.ProposedBatch{Batch: b, RequireWatermark: requireWatermark},
-		res: make(chan proposalResult, 1),
+	// Encode here, in the caller's goroutine (one per sensor stream), so
+	// that the single proposer goroutine only concatenates.
+	buf := encPool.Get().(*[]byte)
+	enc, err := marshalOpts.MarshalAppend((*buf)[:0], &jasperv1.ProposedBatch{Batch: b, RequireWatermark: requireWatermark})
+	if err != nil {
+		encPool.Put(buf)
+		return nil, fmt.Errorf("%w: encode batch: %v", ErrBadCommand, err)
 	}
-	p.size = proto.Size(p.pb)
+	*buf = enc
+	p := &proposal{enc: buf, size: len(enc), res: make(chan proposalResult, 1)}
 	select {
 	case s.propCh <- p:
 		return &BatchFuture{p: p, s: s}, nil
 	case <-ctx.Done():
+		encPool.Put(buf)
 		return nil, ctx.Err()
 	case <-s.done:
+		encPool.Put(buf)
 		return nil, ErrNotOpen
 	default:
+		encPool.Put(buf)
 		return nil, ErrQueueFull
 	}
 }
@@ -148,16 +163,53 @@ func fail(group []*proposal, err error) {
 	}
 }
 
+// maxPooledEnc is the largest encode buffer kept for reuse.
+const maxPooledEnc = 1 << 20
+
+// encodeGroup builds the raft entry of a group: the versioned envelope
+// around a BatchesCommand, byte for byte what encodeCommand gives for it
+// (fields in number order, the batches already encoded by their
+// callers), in one allocation. The proposals' buffers go back to the pool.
+func encodeGroup(group []*proposal, load bool) []byte {
+	payload := 0
+	for _, p := range group {
+		payload += protowire.SizeTag(1) + protowire.SizeBytes(p.size)
+	}
+	if load {
+		payload += protowire.SizeTag(2) + protowire.SizeVarint(1)
+	}
+	t := jasperv1.CommandType_COMMAND_TYPE_BATCHES
+	v := uint64(commandMinVersion[t])
+	n := protowire.SizeTag(1) + protowire.SizeVarint(v) + protowire.SizeTag(2) + protowire.SizeVarint(uint64(t)) +
+		protowire.SizeTag(3) + protowire.SizeBytes(payload)
+	b := make([]byte, 0, n)
+	b = protowire.AppendTag(b, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, v)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(t))
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(payload))
+	for _, p := range group {
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendBytes(b, *p.enc)
+		if cap(*p.enc) <= maxPooledEnc {
+			encPool.Put(p.enc)
+		}
+		p.enc = nil
+	}
+	if load {
+		b = protowire.AppendTag(b, 2, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	return b
+}
+
 // submit proposes one group (in the proposer goroutine, so that raft
 // sees groups in queue order) and hands each caller its own result.
 func (s *Store) submit(group []*proposal) {
-	cmd := &jasperv1.BatchesCommand{Load: s.cfg.Load}
-	for _, p := range group {
-		cmd.Batches = append(cmd.Batches, p.pb)
-	}
 	s.m.proposerBatch.Observe(float64(len(group)))
 	t := jasperv1.CommandType_COMMAND_TYPE_BATCHES
-	f, start, err := s.applyAsync(t, cmd)
+	f, start, err := s.applyEncoded(t, encodeGroup(group, s.cfg.Load))
 	if err != nil {
 		<-s.inflight
 		fail(group, err)

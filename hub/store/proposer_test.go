@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/jasperfed/jasper/internal/pki"
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 // TestProposerGroupsInOrder enqueues a pipelined stream of batches: the
@@ -92,5 +95,40 @@ func TestProposerGroupsInOrder(t *testing.T) {
 	}
 	if _, err := s.ProposeBatch(ctx, testBatch("s1", 53, 1), 0); !errors.Is(err, ErrNotOpen) {
 		t.Fatalf("propose after stop: %v", err)
+	}
+}
+
+// TestEncodeGroupMatchesEncodeCommand checks that the proposer's entry,
+// assembled from batches its callers encoded, is byte for byte the
+// BatchesCommand envelope encodeCommand gives, so that hubs of this
+// version and older ones read the same log.
+func TestEncodeGroupMatchesEncodeCommand(t *testing.T) {
+	for _, n := range []int{1, 2, 7, 128} {
+		for _, load := range []bool{false, true} {
+			var group []*proposal
+			cmd := &jasperv1.BatchesCommand{Load: load}
+			for i := range n {
+				cb := testBatch(fmt.Sprintf("s%d", i%3), uint64(i+1), 1+i*37%600)
+				cb.Enrichment = &jasperv1.Enrichment{GeoDbVersion: "test", SrcCountry: []string{"JP"}}
+				pb := &jasperv1.ProposedBatch{Batch: cb, RequireWatermark: uint64(i)}
+				cmd.Batches = append(cmd.Batches, pb)
+				enc, err := marshalOpts.Marshal(pb)
+				if err != nil {
+					t.Fatal(err)
+				}
+				group = append(group, &proposal{enc: &enc, size: len(enc)})
+			}
+			want, err := encodeCommand(jasperv1.CommandType_COMMAND_TYPE_BATCHES, cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := encodeGroup(group, load)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%d batches, load %v: entry of %d bytes differs from encodeCommand's %d bytes", n, load, len(got), len(want))
+			}
+			if cap(got) != len(got) {
+				t.Fatalf("entry has capacity %d for %d bytes: size computed wrong", cap(got), len(got))
+			}
+		}
 	}
 }

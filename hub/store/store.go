@@ -58,6 +58,12 @@ type Config struct {
 	MaxGroupBytes   int
 	// ApplyTimeout bounds how long a proposal waits to be enqueued in raft.
 	ApplyTimeout time.Duration
+	// LogCacheEntries and LogCacheBytes bound the in-memory cache of the
+	// newest raft entries in front of the bolt log (replication and the
+	// followers' apply read them from memory instead of bolt). Entries 0
+	// turns the cache off.
+	LogCacheEntries int
+	LogCacheBytes   int
 
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
@@ -79,6 +85,8 @@ func DefaultConfig() Config {
 		MaxGroupBatches:    128,
 		MaxGroupBytes:      4 << 20,
 		ApplyTimeout:       10 * time.Second,
+		LogCacheEntries:    512,
+		LogCacheBytes:      64 << 20,
 		HeartbeatTimeout:   rc.HeartbeatTimeout,
 		ElectionTimeout:    rc.ElectionTimeout,
 		LeaderLeaseTimeout: rc.LeaderLeaseTimeout,
@@ -105,6 +113,10 @@ func (c Config) Validate() error {
 		return errors.New("MaxGroupBytes: must be positive")
 	case c.ApplyTimeout <= 0:
 		return errors.New("ApplyTimeout: must be positive")
+	case c.LogCacheEntries < 0:
+		return errors.New("LogCacheEntries: must not be negative")
+	case c.LogCacheEntries > 0 && c.LogCacheBytes < 1:
+		return errors.New("LogCacheBytes: must be positive when the log cache is on")
 	case c.HeartbeatTimeout < 5*time.Millisecond:
 		return errors.New("HeartbeatTimeout: must be at least 5ms")
 	case c.ElectionTimeout < c.HeartbeatTimeout:
@@ -269,7 +281,11 @@ func (s *Store) Start(ctx context.Context) error {
 			s.log.Info("cluster_bootstrapped", "servers", len(conf.Servers))
 		}
 	}
-	r, err := raft.NewRaft(rc, s.fsm, bolt, bolt, snaps, trans)
+	var logs raft.LogStore = bolt
+	if s.cfg.LogCacheEntries > 0 {
+		logs = newLogCache(bolt, s.cfg.LogCacheEntries, s.cfg.LogCacheBytes, s.m.logCacheHits, s.m.logCacheMisses)
+	}
+	r, err := raft.NewRaft(rc, s.fsm, logs, bolt, snaps, trans)
 	if err != nil {
 		trans.Close()
 		bolt.Close()
@@ -563,6 +579,16 @@ func (s *Store) apply(ctx context.Context, t jasperv1.CommandType, msg proto.Mes
 // applyAsync hands one command to raft without waiting; raft keeps the
 // order of applyAsync calls.
 func (s *Store) applyAsync(t jasperv1.CommandType, msg proto.Message) (raft.ApplyFuture, time.Time, error) {
+	data, err := encodeCommand(t, msg)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return s.applyEncoded(t, data)
+}
+
+// applyEncoded is applyAsync for a command already encoded (data is the
+// envelope of a command of type t).
+func (s *Store) applyEncoded(t jasperv1.CommandType, data []byte) (raft.ApplyFuture, time.Time, error) {
 	r, err := s.open()
 	if err != nil {
 		return nil, time.Time{}, err
@@ -574,10 +600,6 @@ func (s *Store) applyAsync(t jasperv1.CommandType, msg proto.Message) (raft.Appl
 	// member has registered support (hub/DESIGN.md).
 	if need := commandMinVersion[t]; need > 1 && need > s.clusterVersion(r) {
 		return nil, time.Time{}, fmt.Errorf("%w: %s needs command version %d but a hub of the cluster applies only up to %d: upgrade every hub first", ErrUnknownCommand, t, need, s.clusterVersion(r))
-	}
-	data, err := encodeCommand(t, msg)
-	if err != nil {
-		return nil, time.Time{}, err
 	}
 	return r.Apply(data, s.cfg.ApplyTimeout), time.Now(), nil
 }
