@@ -10,6 +10,40 @@
 // RFC 4880 section 7) and names the SHA-256 of the CSV attachment, so the
 // signature covers the evidence too. PGP/MIME (RFC 3156) is not
 // implemented.
+//
+// # Failures
+//
+// go-mail connects, secures and authenticates the session; Send then runs
+// the mail transaction itself so that each reply is judged where it came
+// (see the Class constants):
+//
+//   - A 5xx reply to MAIL FROM, RCPT TO, DATA or the end of the data is
+//     permanent (550 mailbox unavailable, 553, 554): the result is
+//     outbox.OutcomeGone, so the worker parks the recipient's e-mail
+//     channel with the reply as the reason (audit log, channels/disabled,
+//     jasper_alerting_attempts_total{outcome="disabled"}) and keeps the
+//     delivery, as for a webhook's 410. Every address is tried, so the
+//     reason names each refused one. The message goes to all of a
+//     recipient's addresses or to none: one refused address parks the
+//     channel until the operator corrects the recipient (which clears the
+//     mark) or re-enables it.
+//   - A 4xx reply, a lost connection, a timeout or a relay that is down is
+//     retried with backoff; one 4xx among refused addresses makes the whole
+//     attempt a retry.
+//   - Authentication refused (530, 534, 535, 538), TLS failures and a
+//     refused session (5xx greeting or EHLO) are configuration errors of
+//     the relay, the same for every recipient. They are retried, not
+//     parked: parking is per recipient channel, and the fix (a password, a
+//     certificate, the relay's own settings) is not a directory change, so
+//     parking would leave every recipient's channel to re-enable by hand
+//     after the fix, while retrying resumes delivery on its own. The
+//     operator sees them as an error-level log line smtp_relay_misconfigured
+//     (WithLog; when they start, every ConfigLogEvery while they last,
+//     smtp_relay_recovered when they end), as
+//     jasper_alerting_email_failures_total{class="auth"|"tls"|"refused"}
+//     (WithRegisterer), and in each attempt's audit row, whose error starts
+//     "relay configuration:". Like any retry they give up after the
+//     outbox's retry_for.
 package email
 
 import (
@@ -36,6 +70,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	gomail "github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
 
 	"github.com/jasperfed/jasper/alerting/directory"
 	"github.com/jasperfed/jasper/alerting/intelmq"
@@ -116,11 +151,12 @@ type Sender struct {
 	tlsCfg *tls.Config
 	domain string
 	signer *packet.PrivateKey
+	watch  *watch
 }
 
 // New builds a sender. tlsCfg verifies the relay (nil: system roots with
-// the relay's host name).
-func New(cfg Config, tlsCfg *tls.Config) (*Sender, error) {
+// the relay's host name); opts add a logger and a metrics registerer.
+func New(cfg Config, tlsCfg *tls.Config, opts ...Option) (*Sender, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("alerting email: %w", err)
 	}
@@ -129,7 +165,15 @@ func New(cfg Config, tlsCfg *tls.Config) (*Sender, error) {
 	if tlsCfg == nil {
 		tlsCfg = &tls.Config{ServerName: cfg.Host, MinVersion: tls.VersionTLS12}
 	}
-	s := &Sender{cfg: cfg, tlsCfg: tlsCfg, domain: domain}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	w, err := newWatch(o)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sender{cfg: cfg, tlsCfg: tlsCfg, domain: domain, watch: w}
 	if cfg.PGPKeyFile != "" {
 		k, err := loadSigner(cfg.PGPKeyFile, cfg.PGPPassphrase)
 		if err != nil {
@@ -165,12 +209,14 @@ func loadSigner(path string, pass directory.Secret) (*packet.PrivateKey, error) 
 	return nil, errors.New("no private signing key in the file")
 }
 
-// Send delivers one task. Every failure is retried by the worker (a 5xx
-// from the relay as well: a misconfigured relay must not lose alerts).
+// Send delivers one task. It speaks SMTP itself after go-mail has
+// connected, secured and authenticated the session, so each reply is
+// judged where it came: see Classify for which failures park the channel
+// and which are retried.
 func (s *Sender) Send(ctx context.Context, t *outbox.Task) outbox.Result {
 	msg, err := s.Message(t)
 	if err != nil {
-		return outbox.Result{Outcome: outbox.OutcomeRetry, Err: err}
+		return s.result(&Failure{Class: ClassMessage, Err: err}, false)
 	}
 	opts := []gomail.Option{gomail.WithPort(s.cfg.Port), gomail.WithTimeout(s.cfg.Timeout.D()), gomail.WithTLSConfig(s.tlsCfg)}
 	switch s.cfg.TLS {
@@ -187,12 +233,64 @@ func (s *Sender) Send(ctx context.Context, t *outbox.Task) outbox.Result {
 	}
 	c, err := gomail.NewClient(s.cfg.Host, opts...)
 	if err != nil {
-		return outbox.Result{Outcome: outbox.OutcomeRetry, Err: fmt.Errorf("smtp client: %w", err)}
+		return s.result(&Failure{Class: ClassMessage, Err: fmt.Errorf("smtp client: %w", err)}, false)
 	}
-	if err := c.DialAndSendWithContext(ctx, msg); err != nil {
-		return outbox.Result{Outcome: outbox.OutcomeRetry, Err: fmt.Errorf("smtp %s:%d: %w", s.cfg.Host, s.cfg.Port, err)}
+	sc, err := c.DialToSMTPClientWithContext(ctx)
+	if err != nil {
+		return s.result(classifyDial(fmt.Errorf("smtp %s:%d: %w", s.cfg.Host, s.cfg.Port, err)), false)
 	}
-	return outbox.Result{Outcome: outbox.OutcomeOK}
+	// The send timeout bounds the whole conversation, not only the dial.
+	stop := context.AfterFunc(ctx, func() { _ = sc.Close() })
+	defer func() {
+		stop()
+		_ = sc.Quit()
+		_ = sc.Close()
+	}()
+	if f := s.transaction(sc, msg); f != nil {
+		if ctx.Err() != nil && f.Class != ClassRejected {
+			f = &Failure{Class: ClassTransient, Err: fmt.Errorf("%w (%w)", f.Err, ctx.Err())}
+		}
+		return s.result(f, true)
+	}
+	return s.result(nil, true)
+}
+
+// transaction runs MAIL FROM, one RCPT TO per address, DATA and the
+// message. Every RCPT is tried, so the reason names each refused address.
+func (s *Sender) transaction(sc *smtp.Client, msg *gomail.Msg) *Failure {
+	at := fmt.Sprintf("smtp %s:%d", s.cfg.Host, s.cfg.Port)
+	from, err := msg.GetSender(false)
+	if err != nil {
+		return &Failure{Class: ClassMessage, Err: fmt.Errorf("sender: %w", err)}
+	}
+	rcpts, err := msg.GetRecipients()
+	if err != nil {
+		return &Failure{Class: ClassMessage, Err: fmt.Errorf("recipients: %w", err)}
+	}
+	if err := sc.Mail(from); err != nil {
+		return classifyReply(fmt.Errorf("%s: MAIL FROM:%s: %w", at, from, err))
+	}
+	var fails []*Failure
+	for _, r := range rcpts {
+		if err := sc.Rcpt(r); err != nil {
+			fails = append(fails, classifyReply(fmt.Errorf("%s: RCPT TO:%s: %w", at, r, err)))
+		}
+	}
+	if len(fails) > 0 {
+		_ = sc.Reset()
+		return joinFailures(fails)
+	}
+	w, err := sc.Data()
+	if err != nil {
+		return classifyReply(fmt.Errorf("%s: DATA: %w", at, err))
+	}
+	if _, err := msg.WriteTo(w); err != nil {
+		return &Failure{Class: ClassTransient, Err: fmt.Errorf("%s: write message: %w", at, err)}
+	}
+	if err := w.Close(); err != nil {
+		return classifyReply(fmt.Errorf("%s: end of DATA: %w", at, err))
+	}
+	return nil
 }
 
 // Message builds the e-mail of a task.
