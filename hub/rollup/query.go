@@ -36,13 +36,42 @@ func (f *Filter) binOK(start int64) bool {
 	return true
 }
 
-func (f *Filter) cellOK(k cellKey) bool {
+// binFilter is a Filter resolved against one bin's string table.
+type binFilter struct {
+	sensor, country     uint32
+	bySensor, byCountry bool
+	proto               uint8
+	hasPort             bool
+	port                uint32
+}
+
+// resolve returns f for bn, or false when no cell or host of bn can match
+// (the sensor or country filtered on does not occur in the bin).
+func (f *Filter) resolve(bn *bin) (binFilter, bool) {
+	bf := binFilter{proto: f.Protocol, hasPort: f.HasPort, port: f.Port}
+	var ok bool
+	if f.Sensor != "" {
+		if bf.sensor, ok = bn.lookup(f.Sensor); !ok {
+			return bf, false
+		}
+		bf.bySensor = true
+	}
+	if f.Country != "" {
+		if bf.country, ok = bn.lookup(f.Country); !ok {
+			return bf, false
+		}
+		bf.byCountry = true
+	}
+	return bf, true
+}
+
+func (bf *binFilter) cellOK(id cellID) bool {
 	switch {
-	case f.Sensor != "" && k.Sensor != f.Sensor,
-		f.Country != "" && k.Country != f.Country,
-		f.Protocol != 0 && k.Protocol != f.Protocol:
+	case bf.bySensor && id.sensor() != bf.sensor,
+		bf.byCountry && id.country() != bf.country,
+		bf.proto != 0 && id.proto() != bf.proto:
 		return false
-	case f.HasPort && (k.Port != f.Port || (k.Protocol != 6 && k.Protocol != 17)):
+	case bf.hasPort && (id.port() != bf.port || (id.proto() != 6 && id.proto() != 17)):
 		return false
 	}
 	return true
@@ -92,16 +121,21 @@ func (m *Module) Overview(f Filter, step time.Duration) []Point {
 		if !f.binOK(start) {
 			continue
 		}
+		bf, ok := f.resolve(bn)
+		if !ok {
+			continue
+		}
 		s := start - mod(start, st)
 		var classes [numClasses]uint64
 		var bytes uint64
 		matched := false
-		for k, c := range bn.Cells {
-			if !f.cellOK(k) {
+		for i := range bn.cells {
+			c := &bn.cells[i]
+			if !bf.cellOK(c.id) {
 				continue
 			}
 			matched = true
-			classes[k.Class] += c.Packets
+			classes[c.id.class()] += c.Packets
 			bytes += c.Bytes
 			if !all {
 				src.Merge(&c.Sources)
@@ -199,13 +233,13 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 	// the cell's own string: no key is built per cell.
 	byNum := map[uint64]*acc{}
 	byStr := map[string]*acc{}
-	get := func(k cellKey) *acc {
+	get := func(bn *bin, id cellID) *acc {
 		var a *acc
 		switch d {
 		case DimCountry, DimSensor:
-			s := k.Country
+			s := bn.strs[id.country()]
 			if d == DimSensor {
-				s = k.Sensor
+				s = bn.strs[id.sensor()]
 			}
 			if a = byStr[s]; a == nil {
 				a = &acc{e: Entry{Key: s}}
@@ -215,16 +249,16 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 			var n uint64
 			switch d {
 			case DimPort:
-				n = uint64(k.Port)
+				n = uint64(id.port())
 			case DimASN:
-				n = uint64(k.ASN)
+				n = uint64(id.asn())
 			case DimClass:
-				n = uint64(k.Class)
+				n = uint64(id.class())
 			case DimProtocol:
-				n = uint64(k.Protocol)
+				n = uint64(id.proto())
 			}
 			if a = byNum[n]; a == nil {
-				a = &acc{e: Entry{Key: dimKey(d, k)}}
+				a = &acc{e: Entry{Key: dimKey(d, bn.key(id))}}
 				byNum[n] = a
 			}
 		}
@@ -234,12 +268,17 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 		if !f.binOK(start) {
 			continue
 		}
-		for k, c := range bn.Cells {
-			if !f.cellOK(k) {
+		bf, ok := f.resolve(bn)
+		if !ok {
+			continue
+		}
+		for i := range bn.cells {
+			c := &bn.cells[i]
+			if !bf.cellOK(c.id) {
 				continue
 			}
 			if d == DimFingerprint {
-				for name, n := range c.Fingerprints {
+				for name, n := range bn.fingerprints(c) {
 					a := byStr[name]
 					if a == nil {
 						a = &acc{e: Entry{Key: name}}
@@ -249,10 +288,10 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 				}
 				continue
 			}
-			if d == DimPort && k.Protocol != 6 && k.Protocol != 17 {
+			if p := c.id.proto(); d == DimPort && p != 6 && p != 17 {
 				continue
 			}
-			a := get(k)
+			a := get(bn, c.id)
 			a.e.Packets += c.Packets
 			a.e.Bytes += c.Bytes
 			a.src.Merge(&c.Sources)
@@ -313,34 +352,40 @@ func (m *Module) Hosts(f Filter, keep func(netip.Addr, string) bool, limit int) 
 		if !f.binOK(start) {
 			continue
 		}
-		for k, h := range bn.Hosts {
-			if (f.Sensor != "" && k.Sensor != f.Sensor) || (f.Country != "" && h.Country != f.Country) {
+		bf, ok := f.resolve(bn)
+		if !ok {
+			continue
+		}
+		for i := range bn.hosts {
+			h := &bn.hosts[i]
+			if (bf.bySensor && uint32(h.id.sensor) != bf.sensor) || (bf.byCountry && h.country != bf.country) {
 				continue
 			}
-			if f.Protocol != 0 && !slices.Contains(h.Protocols, f.Protocol) {
+			if f.Protocol != 0 && !h.hasProtocol(f.Protocol) {
 				continue
 			}
-			if f.HasPort && !h.MorePorts && !slices.Contains(h.Ports, f.Port) {
+			if f.HasPort && !h.MorePorts && !slices.Contains(h.Ports(), f.Port) {
 				continue
 			}
-			if keep != nil && !keep(k.Addr, h.Country) {
+			addr, country := h.id.addr(), bn.strs[h.country]
+			if keep != nil && !keep(addr, country) {
 				continue
 			}
-			a := hosts[k.Addr]
+			a := hosts[addr]
 			if a == nil {
-				a = &acc{h: Host{Addr: k.Addr, Country: h.Country, ASN: h.ASN,
+				a = &acc{h: Host{Addr: addr, Country: country, ASN: h.ASN,
 					FirstSeen: time.UnixMilli(h.FirstMs).UTC(), LastSeen: time.UnixMilli(h.LastMs).UTC()},
 					ports: map[uint32]bool{}, sensors: map[string]bool{}}
-				hosts[k.Addr] = a
+				hosts[addr] = a
 			}
 			a.h.Packets += h.Packets
 			a.h.Bytes += h.Bytes
 			a.classes |= h.ClassMask
 			a.h.MorePorts = a.h.MorePorts || h.MorePorts
-			for _, p := range h.Ports {
+			for _, p := range h.Ports() {
 				a.ports[p] = true
 			}
-			a.sensors[k.Sensor] = true
+			a.sensors[bn.strs[h.id.sensor]] = true
 			if t := time.UnixMilli(h.FirstMs).UTC(); t.Before(a.h.FirstSeen) {
 				a.h.FirstSeen = t
 			}

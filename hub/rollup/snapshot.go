@@ -44,7 +44,21 @@ type snapCell struct {
 type snapHost struct {
 	Sensor string     `json:"sensor"`
 	Addr   netip.Addr `json:"addr"`
-	host
+	hostState
+}
+
+// hostState is the serialised form of a host.
+type hostState struct {
+	Country   string
+	ASN       uint32
+	Packets   uint64
+	Bytes     uint64
+	ClassMask uint16
+	Ports     []uint32 // sorted, at most maxHostPorts
+	MorePorts bool
+	Protocols []uint8 // sorted
+	FirstMs   int64
+	LastMs    int64
 }
 
 func cmpCellKey(a, b cellKey) int {
@@ -72,20 +86,27 @@ func (m *Module) Snapshot(w io.Writer) error {
 			c := *sn
 			sb.Sensors[id] = &c
 		}
-		sb.Cells = make([]snapCell, 0, len(bn.Cells))
-		for _, k := range slices.SortedFunc(maps.Keys(bn.Cells), cmpCellKey) {
-			c := bn.Cells[k]
+		sb.Cells = make([]snapCell, 0, len(bn.cells))
+		for i := range bn.cells {
+			c := &bn.cells[i]
 			src := c.Sources.clone()
-			sb.Cells = append(sb.Cells, snapCell{cellKey: k, Packets: c.Packets, Bytes: c.Bytes,
-				Fingerprints: maps.Clone(c.Fingerprints), Sources: src.state()})
+			sb.Cells = append(sb.Cells, snapCell{cellKey: bn.key(c.id), Packets: c.Packets, Bytes: c.Bytes,
+				Fingerprints: maps.Clone(bn.fingerprints(c)), Sources: src.state()})
 		}
-		for _, k := range slices.SortedFunc(maps.Keys(bn.Hosts), func(a, b hostKey) int {
+		slices.SortFunc(sb.Cells, func(a, b snapCell) int { return cmpCellKey(a.cellKey, b.cellKey) })
+		for i := range bn.hosts {
+			h := &bn.hosts[i]
+			hs := snapHost{Sensor: bn.strs[h.id.sensor], Addr: h.id.addr(), hostState: hostState{
+				Country: bn.strs[h.country], ASN: h.ASN, Packets: h.Packets, Bytes: h.Bytes, ClassMask: h.ClassMask,
+				MorePorts: h.MorePorts, Protocols: h.protocolList(), FirstMs: h.FirstMs, LastMs: h.LastMs}}
+			if h.nPorts > 0 {
+				hs.Ports = slices.Clone(h.Ports())
+			}
+			sb.Hosts = append(sb.Hosts, hs)
+		}
+		slices.SortFunc(sb.Hosts, func(a, b snapHost) int {
 			return cmp.Or(cmp.Compare(a.Sensor, b.Sensor), a.Addr.Compare(b.Addr))
-		}) {
-			h := *bn.Hosts[k]
-			h.Ports, h.Protocols = slices.Clone(h.Ports), slices.Clone(h.Protocols)
-			sb.Hosts = append(sb.Hosts, snapHost{Sensor: k.Sensor, Addr: k.Addr, host: h})
-		}
+		})
 		s.Bins = append(s.Bins, sb)
 	}
 	m.mu.RUnlock()
@@ -132,14 +153,34 @@ func (m *Module) Restore(r io.Reader) error {
 			if err != nil {
 				return fmt.Errorf("rollup restore: bin %d cell: %w", sb.Start, err)
 			}
-			bn.Cells[c.cellKey] = &cell{Packets: c.Packets, Bytes: c.Bytes, Fingerprints: c.Fingerprints, Sources: src}
+			id := packCell(bn.intern(c.Sensor), bn.intern(c.Country), c.ASN, c.Protocol, c.Port, c.Class)
+			if _, dup := bn.cellIdx[id]; dup {
+				return fmt.Errorf("rollup restore: bin %d: repeated cell", sb.Start)
+			}
+			cl := &bn.cells[bn.newCell(id)]
+			cl.Packets, cl.Bytes, cl.Sources = c.Packets, c.Bytes, src
+			if len(c.Fingerprints) > 0 {
+				bn.fps = append(bn.fps, c.Fingerprints)
+				cl.fp = int32(len(bn.fps))
+			}
 		}
 		for _, h := range sb.Hosts {
-			if !h.Addr.IsValid() || len(h.Ports) > maxHostPorts {
+			if !h.Addr.IsValid() || h.Addr.Zone() != "" || h.Addr.Is4In6() || len(h.Ports) > maxHostPorts ||
+				!sortedUnique(h.Ports) || !sortedUnique(h.Protocols) {
 				return fmt.Errorf("rollup restore: bin %d: bad host", sb.Start)
 			}
-			hh := h.host
-			bn.Hosts[hostKey{Sensor: h.Sensor, Addr: h.Addr}] = &hh
+			hs := host{id: hostIDOf(h.Addr, bn.intern(h.Sensor)), country: bn.intern(h.Country), ASN: h.ASN,
+				Packets: h.Packets, Bytes: h.Bytes, ClassMask: h.ClassMask, MorePorts: h.MorePorts,
+				FirstMs: h.FirstMs, LastMs: h.LastMs, nPorts: uint8(len(h.Ports))}
+			copy(hs.ports[:], h.Ports)
+			for _, p := range h.Protocols {
+				hs.protocols[p>>6] |= 1 << (p & 63)
+			}
+			if _, dup := bn.hostIdx[hs.id]; dup {
+				return fmt.Errorf("rollup restore: bin %d: repeated host", sb.Start)
+			}
+			bn.hostIdx[hs.id] = int32(len(bn.hosts))
+			bn.hosts = append(bn.hosts, hs)
 		}
 		for id, sn := range sb.Sensors {
 			if sn == nil {
@@ -158,6 +199,17 @@ func (m *Module) Restore(r io.Reader) error {
 	}
 	m.mu.Lock()
 	m.bins, m.sensors, m.newest, m.lastIndex, m.stats = bins, sensors, s.Newest, s.LastIndex, s.Stats
+	m.evicted = false
 	m.mu.Unlock()
 	return nil
+}
+
+// sortedUnique reports whether s is strictly increasing.
+func sortedUnique[T cmp.Ordered](s []T) bool {
+	for i := 1; i < len(s); i++ {
+		if s[i] <= s[i-1] {
+			return false
+		}
+	}
+	return true
 }
