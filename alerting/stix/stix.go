@@ -115,6 +115,13 @@ func Identity() Object {
 	}
 }
 
+// Shared returns the objects that every object of Objects(f, m)
+// references besides the finding's own: the federation's identity
+// (created_by_ref, where_sighted_refs) and the marking definition
+// (object_marking_refs). A bundle carries them once; a TAXII collection
+// serves them once.
+func Shared(m Marking) []Object { return []Object{Identity(), m.Object} }
+
 // knownMalware maps tool fingerprints to malware families.
 var knownMalware = map[string]struct {
 	name  string
@@ -131,7 +138,8 @@ func ts(ms int64) string {
 }
 
 // Objects returns the STIX objects of one finding, marked with m; they do
-// not include the identity and marking definition objects (Bundle does).
+// not include the identity and marking definition objects they reference
+// (Shared; BundleOf and Merge add them).
 func Objects(f *jasperv1.Finding, m Marking) []Object {
 	ident := Identity()["id"].(string)
 	created, modified := f.GetDetectedAtMs(), f.GetUpdatedAtMs()
@@ -237,8 +245,7 @@ func Objects(f *jasperv1.Finding, m Marking) []Object {
 // BundleOf returns the bundle of one finding: identity, marking definition
 // and the finding's objects.
 func BundleOf(f *jasperv1.Finding, m Marking) Bundle {
-	objs := []Object{Identity(), m.Object}
-	objs = append(objs, Objects(f, m)...)
+	objs := append(Shared(m), Objects(f, m)...)
 	return Bundle{Type: "bundle", ID: "bundle--" + uuid5(jasperNamespace, fmt.Sprintf("bundle:%s:%d", f.GetId(), f.GetUpdatedIndex())), Objects: objs}
 }
 
@@ -305,7 +312,7 @@ func BundleID(key string) string { return "bundle--" + uuid5(jasperNamespace, "b
 
 // Merge returns one bundle of several findings, each object once.
 func Merge(id string, fs []*jasperv1.Finding, m Marking) Bundle {
-	objs := []Object{Identity(), m.Object}
+	objs := Shared(m)
 	seen := map[string]bool{}
 	for _, f := range fs {
 		for _, o := range Objects(f, m) {

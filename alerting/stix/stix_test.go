@@ -117,3 +117,87 @@ func TestHostBundleContent(t *testing.T) {
 }
 
 const wantSCO = "12592121-be4c-5a93-a813-5a5af16e50db"
+
+// refs collects every identifier an object points at: the values of its
+// *_ref and *_refs properties, at any depth.
+func refs(v any, key string, out map[string]bool) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, y := range x {
+			refs(y, k, out)
+		}
+	case []any:
+		for _, y := range x {
+			refs(y, key, out)
+		}
+	case []string:
+		for _, y := range x {
+			refs(y, key, out)
+		}
+	case string:
+		if strings.HasSuffix(key, "_ref") || strings.HasSuffix(key, "_refs") {
+			out[x] = true
+		}
+	}
+}
+
+// TestSharedObjectsCloseTheReferences: every identifier that a finding's
+// objects reference is either one of the finding's own objects or one of
+// Shared(m), for every finding type and TLP; and each shared object is
+// valid STIX 2.1 with a stable id and its created (and, where the type has
+// one, modified) time.
+func TestSharedObjectsCloseTheReferences(t *testing.T) {
+	v, err := stixschema.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tlp := range []struct{ level, version string }{{"amber", "2.0"}, {"red", "2.0"}, {"green", "1.0"}} {
+		m, err := stix.TLP(tlp.level, tlp.version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared := stix.Shared(m)
+		have := map[string]bool{}
+		for _, o := range shared {
+			b, _ := json.Marshal(o)
+			if err := v.Object(b); err != nil {
+				t.Fatalf("shared %s: %v\n%s", o["type"], err, b)
+			}
+			if o["created"] == nil || (o["type"] == "identity" && o["modified"] == nil) {
+				t.Fatalf("shared %s without its times: %s", o["type"], b)
+			}
+			have[o["id"].(string)] = true
+		}
+		if len(have) != 2 || !have[m.ID] || !have[stix.Identity()["id"].(string)] {
+			t.Fatalf("shared ids %v", have)
+		}
+		for _, f := range findings() {
+			objs := stix.Objects(f, m)
+			own := map[string]bool{}
+			for _, o := range objs {
+				own[o["id"].(string)] = true
+			}
+			for _, o := range objs {
+				var generic map[string]any
+				b, _ := json.Marshal(o)
+				json.Unmarshal(b, &generic)
+				want := map[string]bool{}
+				refs(generic, "", want)
+				if len(want) == 0 && o["type"] != "ipv4-addr" && o["type"] != "ipv6-addr" {
+					t.Fatalf("%s %s references nothing: the walk is broken", f.Id, o["type"])
+				}
+				for id := range want {
+					if !own[id] && !have[id] {
+						t.Errorf("%s %s references %s, which neither the finding nor Shared serves", f.Id, o["type"], id)
+					}
+				}
+			}
+		}
+	}
+	// Stable: the same ids and times on every call.
+	a, _ := json.Marshal(stix.Shared(stix.Marking{}))
+	b, _ := json.Marshal(stix.Shared(stix.Marking{}))
+	if string(a) != string(b) {
+		t.Fatal("shared objects not deterministic")
+	}
+}
