@@ -697,8 +697,8 @@ func (d *Detector) onTick(index uint64, nowMs int64) {
 	st.hosts.sweep(nowMs - d.cfg.Infected.Window.Milliseconds())
 	st.victims.sweep(nowMs - d.cfg.DoS.FlowTimeout.Milliseconds())
 	d.m.openFindings.Set(float64(len(st.open)))
-	d.m.hosts.Set(float64(st.hosts.l.Len()))
-	d.m.victims.Set(float64(st.victims.l.Len()))
+	d.m.hosts.Set(float64(st.hosts.Len()))
+	d.m.victims.Set(float64(st.victims.Len()))
 }
 
 // command is the JSON payload of Apply.
@@ -809,7 +809,7 @@ func (d *Detector) Stats() Stats {
 func (d *Detector) Tracked() (hosts, victims int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.st.hosts.l.Len(), d.st.victims.l.Len()
+	return d.st.hosts.Len(), d.st.victims.Len()
 }
 
 const snapshotMagic = "jasper-detect-v1"

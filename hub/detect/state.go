@@ -1,7 +1,6 @@
 package detect
 
 import (
-	"container/list"
 	"slices"
 	"strings"
 
@@ -294,18 +293,37 @@ func (s *subject) decode(d *dec) {
 }
 
 // lru holds subjects, most recently seen first; at the cap the least
-// recently seen is evicted. IPv4 subjects are indexed by a uint32 key (the
-// map's fast path), IPv6 ones by the 16 bytes.
+// recently seen is evicted. The subjects live in fixed pages (their
+// addresses never change, freed ones are reused); the recency order is a
+// doubly linked list of entry numbers in one dense array, and IPv4
+// subjects are indexed by a uint32 key (the map's fast path, no pointers
+// for the collector to scan), IPv6 ones by the 16 bytes. Nothing iterates
+// the maps: every walk follows the list, so layouts never reach outputs.
 type lru struct {
-	m4      map[uint32]*list.Element
-	m6      map[addrKey]*list.Element
-	l       *list.List
+	m4      map[uint32]int32
+	m6      map[addrKey]int32
+	pages   [][]subject
+	links   []lruLink // by entry
+	head    int32     // most recent entry, -1 if empty
+	tail    int32     // least recent entry, -1 if empty
+	free    []int32   // entries not in use
+	n       int
 	evicted uint64
 }
 
+// lruLink is an entry's neighbours in recency order (-1: none).
+type lruLink struct{ prev, next int32 }
+
+const lruPage = 256
+
 func newLRU() lru {
-	return lru{m4: map[uint32]*list.Element{}, m6: map[addrKey]*list.Element{}, l: list.New()}
+	return lru{m4: map[uint32]int32{}, m6: map[addrKey]int32{}, head: -1, tail: -1}
 }
+
+// Len is the number of subjects held.
+func (c *lru) Len() int { return c.n }
+
+func (c *lru) at(e int32) *subject { return &c.pages[e/lruPage][e%lruPage] }
 
 // v4 reports whether k is an IPv4-mapped key, and its IPv4 value.
 func (k *addrKey) v4() (uint32, bool) {
@@ -315,14 +333,20 @@ func (k *addrKey) v4() (uint32, bool) {
 	return 0, false
 }
 
-func (c *lru) lookup(k addrKey) *list.Element {
+func (c *lru) lookup(k addrKey) int32 {
 	if v, ok := k.v4(); ok {
-		return c.m4[v]
+		if e, ok := c.m4[v]; ok {
+			return e
+		}
+		return -1
 	}
-	return c.m6[k]
+	if e, ok := c.m6[k]; ok {
+		return e
+	}
+	return -1
 }
 
-func (c *lru) put(k addrKey, e *list.Element) {
+func (c *lru) put(k addrKey, e int32) {
 	if v, ok := k.v4(); ok {
 		c.m4[v] = e
 	} else {
@@ -339,49 +363,103 @@ func (c *lru) del(k addrKey) {
 }
 
 func (c *lru) get(k addrKey) *subject {
-	if e := c.lookup(k); e != nil {
-		return e.Value.(*subject)
+	if e := c.lookup(k); e >= 0 {
+		return c.at(e)
 	}
 	return nil
+}
+
+// unlink takes e out of the recency list.
+func (c *lru) unlink(e int32) {
+	l := c.links[e]
+	if l.prev >= 0 {
+		c.links[l.prev].next = l.next
+	} else {
+		c.head = l.next
+	}
+	if l.next >= 0 {
+		c.links[l.next].prev = l.prev
+	} else {
+		c.tail = l.prev
+	}
+}
+
+// pushFront makes e the most recent.
+func (c *lru) pushFront(e int32) {
+	c.links[e] = lruLink{prev: -1, next: c.head}
+	if c.head >= 0 {
+		c.links[c.head].prev = e
+	} else {
+		c.tail = e
+	}
+	c.head = e
+}
+
+// alloc returns a free entry, its subject zeroed but for the evidence
+// slices' memory.
+func (c *lru) alloc() int32 {
+	if n := len(c.free); n > 0 {
+		e := c.free[n-1]
+		c.free = c.free[:n-1]
+		return e
+	}
+	e := int32(len(c.links))
+	if int(e)%lruPage == 0 {
+		c.pages = append(c.pages, make([]subject, lruPage))
+	}
+	c.links = append(c.links, lruLink{})
+	return e
+}
+
+// release frees entry e (already unlinked and out of the index).
+func (c *lru) release(e int32) {
+	c.at(e).clear(addrKey{})
+	c.free = append(c.free, e)
+	c.n--
+}
+
+// clear resets the subject for key k, keeping the evidence slices' memory.
+func (s *subject) clear(k addrKey) {
+	ev := s.ev
+	*s = subject{key: k}
+	s.ev.ports, s.ev.fps, s.ev.sensors, s.ev.dst.slots = ev.ports[:0], ev.fps[:0], ev.sensors[:0], ev.dst.slots[:0]
 }
 
 // touch returns the subject for k, created if needed, and marks it most
 // recent. At capacity the least recent subject is evicted and its memory
 // reused.
 func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
-	if e := c.lookup(k); e != nil {
-		c.l.MoveToFront(e)
-		return e.Value.(*subject), false
+	if e := c.lookup(k); e >= 0 {
+		if e != c.head {
+			c.unlink(e)
+			c.pushFront(e)
+		}
+		return c.at(e), false
 	}
-	for c.l.Len() > capacity {
-		old := c.l.Back()
-		c.l.Remove(old)
-		c.del(old.Value.(*subject).key)
+	for c.n > capacity {
+		old := c.tail
+		c.unlink(old)
+		c.del(c.at(old).key)
+		c.release(old)
 		c.evicted++
 	}
-	if c.l.Len() == capacity {
-		e := c.l.Back()
-		s := e.Value.(*subject)
+	if c.n == capacity {
+		e := c.tail
+		s := c.at(e)
 		c.del(s.key)
 		c.evicted++
-		ev := s.ev
-		*s = subject{key: k}
-		// Keep the evidence slices' memory.
-		s.ev.ports, s.ev.fps, s.ev.sensors, s.ev.dst.slots = ev.ports[:0], ev.fps[:0], ev.sensors[:0], ev.dst.slots[:0]
-		c.l.MoveToFront(e)
+		s.clear(k)
+		c.unlink(e)
+		c.pushFront(e)
 		c.put(k, e)
 		return s, true
 	}
-	s := &subject{key: k}
-	c.put(k, c.l.PushFront(s))
-	return s, true
-}
-
-func (c *lru) remove(k addrKey) {
-	if e := c.lookup(k); e != nil {
-		c.l.Remove(e)
-		c.del(k)
-	}
+	e := c.alloc()
+	c.n++
+	c.at(e).clear(k)
+	c.pushFront(e)
+	c.put(k, e)
+	return c.at(e), true
 }
 
 // sweep removes, from the least recently touched end, subjects last seen
@@ -390,14 +468,15 @@ func (c *lru) remove(k addrKey) {
 // was touched later; a subject whose event time lags its touch order waits
 // for a later sweep or for eviction.
 func (c *lru) sweep(cutoff int64) {
-	for e := c.l.Back(); e != nil; {
-		prev := e.Prev()
-		s := e.Value.(*subject)
+	for e := c.tail; e >= 0; {
+		prev := c.links[e].prev
+		s := c.at(e)
 		switch {
 		case s.finding != "":
 		case s.ev.last < cutoff:
-			c.l.Remove(e)
+			c.unlink(e)
 			c.del(s.key)
+			c.release(e)
 		default:
 			return
 		}
@@ -407,9 +486,9 @@ func (c *lru) sweep(cutoff int64) {
 
 func (c *lru) encode(e *enc) {
 	e.u(c.evicted)
-	e.u(uint64(c.l.Len()))
-	for el := c.l.Back(); el != nil; el = el.Prev() {
-		el.Value.(*subject).encode(e)
+	e.u(uint64(c.n))
+	for el := c.tail; el >= 0; el = c.links[el].prev {
+		c.at(el).encode(e)
 	}
 }
 
@@ -418,12 +497,19 @@ func (c *lru) decode(d *dec) {
 	c.evicted = d.u()
 	n := d.n(maxLen)
 	for i := 0; i < n && d.err == nil; i++ {
-		s := &subject{}
+		var s subject
 		s.decode(d)
-		if c.lookup(s.key) != nil {
+		if d.err != nil {
+			return
+		}
+		if c.lookup(s.key) >= 0 {
 			d.fail(errSnapshot)
 			return
 		}
-		c.put(s.key, c.l.PushFront(s))
+		e := c.alloc()
+		c.n++
+		*c.at(e) = s
+		c.pushFront(e)
+		c.put(s.key, e)
 	}
 }
