@@ -65,11 +65,15 @@ func (f *Filter) resolve(bn *bin) (binFilter, bool) {
 	return bf, true
 }
 
-func (bf *binFilter) cellOK(id cellID) bool {
+func (bf *binFilter) cellOK(bn *bin, id cellID) bool {
+	if bf.bySensor || bf.byCountry {
+		o := &bn.origins[id.origin()]
+		if bf.bySensor && o.sensor != bf.sensor || bf.byCountry && o.country != bf.country {
+			return false
+		}
+	}
 	switch {
-	case bf.bySensor && id.sensor() != bf.sensor,
-		bf.byCountry && id.country() != bf.country,
-		bf.proto != 0 && id.proto() != bf.proto:
+	case bf.proto != 0 && id.proto() != bf.proto:
 		return false
 	case bf.hasPort && (id.port() != bf.port || (id.proto() != 6 && id.proto() != 17)):
 		return false
@@ -131,7 +135,7 @@ func (m *Module) Overview(f Filter, step time.Duration) []Point {
 		matched := false
 		for i := range bn.cells {
 			c := &bn.cells[i]
-			if !bf.cellOK(c.id) {
+			if !bf.cellOK(bn, c.id) {
 				continue
 			}
 			matched = true
@@ -237,9 +241,10 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 		var a *acc
 		switch d {
 		case DimCountry, DimSensor:
-			s := bn.strs[id.country()]
+			o := &bn.origins[id.origin()]
+			s := bn.strs[o.country]
 			if d == DimSensor {
-				s = bn.strs[id.sensor()]
+				s = bn.strs[o.sensor]
 			}
 			if a = byStr[s]; a == nil {
 				a = &acc{e: Entry{Key: s}}
@@ -251,7 +256,7 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 			case DimPort:
 				n = uint64(id.port())
 			case DimASN:
-				n = uint64(id.asn())
+				n = uint64(bn.origins[id.origin()].asn)
 			case DimClass:
 				n = uint64(id.class())
 			case DimProtocol:
@@ -274,7 +279,7 @@ func (m *Module) Top(f Filter, d Dim, limit int) []Entry {
 		}
 		for i := range bn.cells {
 			c := &bn.cells[i]
-			if !bf.cellOK(c.id) {
+			if !bf.cellOK(bn, c.id) {
 				continue
 			}
 			if d == DimFingerprint {

@@ -153,7 +153,8 @@ func (m *Module) Restore(r io.Reader) error {
 			if err != nil {
 				return fmt.Errorf("rollup restore: bin %d cell: %w", sb.Start, err)
 			}
-			id := packCell(bn.intern(c.Sensor), bn.intern(c.Country), c.ASN, c.Protocol, c.Port, c.Class)
+			sensor := bn.intern(c.Sensor)
+			id := packCell(bn.origin(bn.originsOf(sensor), sensor, bn.intern(c.Country), c.ASN), c.Protocol, c.Port, c.Class)
 			if _, dup := bn.cellIdx[id]; dup {
 				return fmt.Errorf("rollup restore: bin %d: repeated cell", sb.Start)
 			}
@@ -174,13 +175,12 @@ func (m *Module) Restore(r io.Reader) error {
 				FirstMs: h.FirstMs, LastMs: h.LastMs, nPorts: uint8(len(h.Ports))}
 			copy(hs.ports[:], h.Ports)
 			for _, p := range h.Protocols {
-				hs.protocols[p>>6] |= 1 << (p & 63)
+				hs.addProtocol(p)
 			}
-			if _, dup := bn.hostIdx[hs.id]; dup {
+			if _, dup := bn.hostIndex(hs.id); dup {
 				return fmt.Errorf("rollup restore: bin %d: repeated host", sb.Start)
 			}
-			bn.hostIdx[hs.id] = int32(len(bn.hosts))
-			bn.hosts = append(bn.hosts, hs)
+			bn.addHost(hs)
 		}
 		for id, sn := range sb.Sensors {
 			if sn == nil {
