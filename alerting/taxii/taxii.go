@@ -1,7 +1,21 @@
 // Package taxii is a read-only TAXII 2.1 server over the recipients' STIX
 // feeds: discovery, one API root, a collection per recipient, objects and
 // manifest with added_after/limit/next paging and the X-TAXII-Date-Added-
-// First/Last headers, media type application/taxii+json;version=2.1.
+// First/Last headers, one object by id (objects/{id}/, its versions with
+// match[version], default last) and its version list
+// (objects/{id}/versions/), media type application/taxii+json;version=2.1.
+//
+// A collection holds the STIX objects of the recipient's findings and,
+// once each, the objects they reference that are not theirs: the
+// federation's identity (created_by_ref, where_sighted_refs) and the
+// recipient's TLP marking definition (object_marking_refs), so a consumer
+// (OpenCTI, MISP) resolves every reference inside the collection. Their
+// date_added is their own modified (else created) time, fixed, so they
+// sort before the findings and paging never moves them; a consumer that
+// starts paging later fetches them by id. The objects listing returns
+// every version it holds (a finding re-sent after an update adds its
+// objects again) and ignores match[version]; objects/{id}/ lists each
+// version once.
 //
 // Callers authenticate with a client certificate of the federation CA
 // (verified by the TLS listener; role analyst with a country reads that
@@ -16,7 +30,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -86,6 +102,8 @@ func New(cfg Config, src Source, log *slog.Logger) (*Server, error) {
 	s.mux.HandleFunc("GET "+p+apiRoot+"/collections/{$}", s.collections)
 	s.mux.HandleFunc("GET "+p+apiRoot+"/collections/{id}/{$}", s.collection)
 	s.mux.HandleFunc("GET "+p+apiRoot+"/collections/{id}/objects/{$}", s.objects)
+	s.mux.HandleFunc("GET "+p+apiRoot+"/collections/{id}/objects/{object}/{$}", s.object)
+	s.mux.HandleFunc("GET "+p+apiRoot+"/collections/{id}/objects/{object}/versions/{$}", s.versions)
 	s.mux.HandleFunc("GET "+p+apiRoot+"/collections/{id}/manifest/{$}", s.manifest)
 	s.mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusNotFound, "not found")
@@ -268,10 +286,16 @@ type Query struct {
 	Limit   int
 	Types   map[string]bool
 	IDs     map[string]bool
+	// Versions is match[version] ("first", "last", "all" or timestamps),
+	// nil when absent; only the object endpoint reads it (default last).
+	Versions map[string]bool
+	// SpecVersions is match[spec_version], nil when absent: every object
+	// here is 2.1, so any other value matches nothing.
+	SpecVersions map[string]bool
 }
 
-// ParseQuery reads added_after, next, limit, match[type], match[id]
-// (untrusted input).
+// ParseQuery reads added_after, next, limit, match[type], match[id],
+// match[version], match[spec_version] (untrusted input).
 func ParseQuery(q map[string][]string, maxPage int) (Query, error) {
 	out := Query{Limit: min(100, maxPage)}
 	get := func(k string) string {
@@ -310,6 +334,15 @@ func ParseQuery(q map[string][]string, maxPage int) (Query, error) {
 		return m
 	}
 	out.Types, out.IDs = split("match[type]"), split("match[id]")
+	out.Versions, out.SpecVersions = split("match[version]"), split("match[spec_version]")
+	for v := range out.Versions {
+		if v == "first" || v == "last" || v == "all" {
+			continue
+		}
+		if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+			return out, fmt.Errorf("match[version]: %q is not first, last, all or an RFC 3339 timestamp", v)
+		}
+	}
 	return out, nil
 }
 
@@ -318,31 +351,89 @@ type stamped struct {
 	dateAdded int64
 }
 
-// page returns the objects of one page and whether more follow.
+// version is an object's version: modified, else created (marking
+// definitions), else its date_added (cyber observables have neither).
+func (o stamped) version() string {
+	if v, _ := o.obj["modified"].(string); v != "" {
+		return v
+	}
+	if v, _ := o.obj["created"].(string); v != "" {
+		return v
+	}
+	return ts(o.dateAdded)
+}
+
+// shared returns the objects a collection serves besides its findings':
+// those every finding's objects reference (stix.Shared: the federation's
+// identity and the recipient's TLP marking definition), each once, in
+// date_added order. Their date_added is their own time (modified, else
+// created), fixed: the same in every collection and on every request, so
+// paging by added_after never moves or repeats them. They come before any
+// finding added after that time; a consumer that starts paging later than
+// them fetches them by id (objects/{id}/).
+func shared(mk stix.Marking) []stamped {
+	var out []stamped
+	for _, o := range stix.Shared(mk) {
+		st := stamped{obj: o}
+		t, err := time.Parse(time.RFC3339Nano, st.version())
+		if err != nil {
+			panic(fmt.Sprintf("taxii: shared object %v has no time: %v", o["id"], err)) // constant data
+		}
+		st.dateAdded = t.UnixMicro()
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].dateAdded < out[j].dateAdded })
+	return out
+}
+
+func (q *Query) match(o stix.Object) bool {
+	return (q.Types == nil || q.Types[o["type"].(string)]) && (q.IDs == nil || q.IDs[o["id"].(string)]) &&
+		(q.SpecVersions == nil || q.SpecVersions["2.1"])
+}
+
+// page returns the objects of one page and whether more follow: the
+// shared objects merged by date_added into the objects of the findings.
 func (s *Server) page(rc *directory.Recipient, q Query) ([]stamped, bool, error) {
 	mk, err := stix.TLP(rc.TLP, rc.TLPVersion)
 	if err != nil {
 		return nil, false, err
 	}
+	sh := shared(mk)
 	var out []stamped
+	// add reports that the page is full and o, which matches, is left for
+	// the next one.
+	add := func(o stix.Object, da int64) bool {
+		if da <= q.AfterUs || !q.match(o) {
+			return false
+		}
+		if len(out) == q.Limit {
+			return true
+		}
+		out = append(out, stamped{o, da})
+		return false
+	}
+	sharedBefore := func(da int64) bool {
+		for ; len(sh) > 0 && sh[0].dateAdded < da; sh = sh[1:] {
+			if add(sh[0].obj, sh[0].dateAdded) {
+				return true
+			}
+		}
+		return false
+	}
 	after := q.AfterUs
 	for {
 		entries, more := s.src.Feed(rc.ID, after, q.Limit)
 		for _, e := range entries {
 			for j, o := range stix.Objects(e.Finding, mk) {
 				da := e.DateAddedUs + int64(j)
-				if da <= q.AfterUs || (q.Types != nil && !q.Types[o["type"].(string)]) || (q.IDs != nil && !q.IDs[o["id"].(string)]) {
-					continue
-				}
-				if len(out) == q.Limit {
+				if sharedBefore(da) || add(o, da) {
 					return out, true, nil
 				}
-				out = append(out, stamped{o, da})
 			}
 			after = e.DateAddedUs + outbox.FeedStride - 1
 		}
 		if !more || len(entries) == 0 {
-			return out, false, nil
+			return out, sharedBefore(math.MaxInt64), nil
 		}
 	}
 }
@@ -399,17 +490,148 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 	env := map[string]any{"more": more}
 	var list []map[string]any
 	for _, o := range objs {
-		v, _ := o.obj["modified"].(string)
-		if v == "" {
-			v = ts(o.dateAdded)
-		}
-		list = append(list, map[string]any{"id": o.obj["id"], "date_added": ts(o.dateAdded), "version": v, "media_type": MediaSTIX})
+		list = append(list, map[string]any{"id": o.obj["id"], "date_added": ts(o.dateAdded), "version": o.version(), "media_type": MediaSTIX})
 	}
 	if len(list) > 0 {
 		env["objects"] = list
 	}
 	if more {
 		env["next"] = ts(objs[len(objs)-1].dateAdded)
+	}
+	s.write(w, http.StatusOK, env)
+}
+
+// objectVersions returns the versions of one object in a collection, each
+// once (at the date_added it first had), in date_added order, filtered by
+// match[version] (default last), added_after and limit; found says the
+// collection holds the object at all. Every feed item is rendered: the
+// cost is that of one full listing of the collection (bounded by the
+// outbox's max_feed_per_recipient).
+func (s *Server) objectVersions(w http.ResponseWriter, r *http.Request) ([]stamped, bool, bool) {
+	rc, ok := s.lookup(r)
+	if !ok {
+		s.fail(w, http.StatusNotFound, "no such collection")
+		return nil, false, false
+	}
+	q, err := ParseQuery(r.URL.Query(), s.cfg.MaxPage)
+	if err != nil {
+		s.fail(w, http.StatusBadRequest, err.Error())
+		return nil, false, false
+	}
+	id := r.PathValue("object")
+	all, _, err := s.page(rc, Query{Limit: math.MaxInt, IDs: map[string]bool{id: true}})
+	if err != nil {
+		s.fail(w, http.StatusInternalServerError, err.Error())
+		return nil, false, false
+	}
+	if len(all) == 0 {
+		s.fail(w, http.StatusNotFound, "no such object")
+		return nil, false, false
+	}
+	var vs []stamped
+	seen := map[string]bool{}
+	for _, o := range all {
+		if v := o.version(); !seen[v] {
+			seen[v] = true
+			vs = append(vs, o)
+		}
+	}
+	vs = selectVersions(vs, q.Versions)
+	var out []stamped
+	more := false
+	for _, o := range vs {
+		if o.dateAdded <= q.AfterUs || (q.SpecVersions != nil && !q.SpecVersions["2.1"]) {
+			continue
+		}
+		if len(out) == q.Limit {
+			more = true
+			break
+		}
+		out = append(out, o)
+	}
+	if len(out) > 0 {
+		w.Header().Set("X-TAXII-Date-Added-First", ts(out[0].dateAdded))
+		w.Header().Set("X-TAXII-Date-Added-Last", ts(out[len(out)-1].dateAdded))
+	}
+	return out, more, true
+}
+
+// selectVersions applies match[version] (nil: last) to versions of one
+// object.
+func selectVersions(vs []stamped, want map[string]bool) []stamped {
+	if want == nil {
+		want = map[string]bool{"last": true}
+	}
+	if want["all"] {
+		return vs
+	}
+	at := func(o stamped) time.Time {
+		t, _ := time.Parse(time.RFC3339Nano, o.version())
+		return t
+	}
+	first, last := 0, 0
+	for i := range vs {
+		if at(vs[i]).Before(at(vs[first])) {
+			first = i
+		}
+		if !at(vs[i]).Before(at(vs[last])) {
+			last = i
+		}
+	}
+	var out []stamped
+	for i, o := range vs {
+		keep := (want["first"] && i == first) || (want["last"] && i == last)
+		for v := range want {
+			if t, err := time.Parse(time.RFC3339Nano, v); err == nil && t.Equal(at(o)) {
+				keep = true
+			}
+		}
+		if keep {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// object is TAXII 2.1 "Get an Object": the envelope of one object's
+// versions, the shared identity and marking definitions included.
+func (s *Server) object(w http.ResponseWriter, r *http.Request) {
+	vs, more, ok := s.objectVersions(w, r)
+	if !ok {
+		return
+	}
+	env := map[string]any{"more": more}
+	if len(vs) > 0 {
+		list := make([]stix.Object, 0, len(vs))
+		for _, o := range vs {
+			list = append(list, o.obj)
+		}
+		env["objects"] = list
+	}
+	if more {
+		env["next"] = ts(vs[len(vs)-1].dateAdded)
+	}
+	s.write(w, http.StatusOK, env)
+}
+
+// versions is TAXII 2.1 "Get Object Versions".
+func (s *Server) versions(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("match[version]") == "" {
+		q.Set("match[version]", "all") // this endpoint lists every version
+		r.URL.RawQuery = q.Encode()
+	}
+	vs, more, ok := s.objectVersions(w, r)
+	if !ok {
+		return
+	}
+	list := make([]string, 0, len(vs))
+	for _, o := range vs {
+		list = append(list, o.version())
+	}
+	env := map[string]any{"more": more}
+	if len(list) > 0 {
+		env["versions"] = list
 	}
 	s.write(w, http.StatusOK, env)
 }

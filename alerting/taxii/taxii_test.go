@@ -308,6 +308,8 @@ func FuzzParseQuery(f *testing.F) {
 	f.Add("added_after=2026-11-25T12:00:00.000001Z&limit=5&match[type]=indicator,sighting")
 	f.Add("next=2026-11-25T12:00:00Z&limit=0")
 	f.Add("limit=99999999999999999999&match[id]=x")
+	f.Add("match[version]=first,2026-11-25T12:00:00.000Z&match[spec_version]=2.1")
+	f.Add("match[version]=bogus,all")
 	f.Fuzz(func(t *testing.T, raw string) {
 		v, err := url.ParseQuery(raw)
 		if err != nil {
