@@ -92,6 +92,7 @@ type Detector struct {
 	epoch   uint64 // transient batch counter for touched-subject dedup
 	touched []*subject
 	victims []*subject
+	binGen  uint64 // transient: the last openBin.gen given out
 }
 
 // state is everything replicated.
@@ -329,11 +330,12 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 			}
 			continue
 		}
+		var h *subject
 		if d.cfg.Infected.Enabled {
-			d.infectedRow(&r, sensor)
+			h = d.infectedRow(&r, sensor)
 		}
 		if ob != nil {
-			ob.addRow(d, &r, sensor)
+			ob.addRow(d, &r, sensor, h)
 		} else {
 			st.stats.LateRows++
 		}
@@ -355,8 +357,8 @@ func mod(a, b int64) int64 {
 	return m
 }
 
-// infectedRow adds a scan-like row to its host.
-func (d *Detector) infectedRow(r *row, sensor string) {
+// infectedRow adds a scan-like row to its host and returns the host.
+func (d *Detector) infectedRow(r *row, sensor string) *subject {
 	st := d.st
 	h, created := st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
 	if created {
@@ -378,6 +380,7 @@ func (d *Detector) infectedRow(r *row, sensor string) {
 		h.epoch = d.epoch
 		d.touched = append(d.touched, h)
 	}
+	return h
 }
 
 // judgeHost raises or updates the host's infected-host finding.
@@ -439,8 +442,10 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 		h.ev.fillLists(f)
 		d.announce(of)
 	}
-	if ob != nil && h.country != "" && d.cfg.CountrySurge.Enabled {
-		ob.add(&ob.cc, h.country, keyHash(h.key), h.country, sensor, d.cfg, &st.stats)
+	if ob != nil && h.country != "" && d.cfg.CountrySurge.Enabled && (h.ccGen != ob.gen || h.ccCountry != h.country) {
+		if ob.add(&ob.cc, h.country, keyHash(h.key), h.country, sensor, d.cfg, &st.stats) {
+			h.ccGen, h.ccCountry = ob.gen, h.country
+		}
 	}
 }
 
@@ -892,6 +897,10 @@ func (d *Detector) Restore(r io.Reader) error {
 	d.mu.Lock()
 	d.st = st
 	d.epoch = 0
+	for _, b := range st.bins {
+		d.binGen++
+		b.gen = d.binGen
+	}
 	d.mu.Unlock()
 	return nil
 }

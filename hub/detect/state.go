@@ -225,6 +225,13 @@ type subject struct {
 	// of caches the open finding named by finding (transient: checked
 	// against finding and the state before use, never snapshotted).
 	of *openFinding
+	// setGen/setPort and ccGen/ccCountry: the open bin (openBin.gen) and
+	// port set, and the bin and country set, this subject was last
+	// counted in (transient; gen 0 is no bin).
+	setGen    uint64
+	setPort   uint32
+	ccGen     uint64
+	ccCountry string
 }
 
 type minuteCount struct {

@@ -31,6 +31,10 @@ type origin struct{ country, sensor string }
 // openBin gathers one bin for the surge detectors until it is judged.
 type openBin struct {
 	start     int64 // Unix s
+	// gen names this bin among all bins the detector opened or restored
+	// (transient): a subject remembers the (gen, port) and (gen, country)
+	// it was last counted in, and skips the set lookups when it repeats.
+	gen       uint64
 	ports     map[uint32]*binSet
 	fps       map[string]*binSet
 	cc        map[string]*binSet
@@ -103,6 +107,8 @@ func (d *Detector) bin(index uint64, start int64) *openBin {
 		st.stats.BinsForced++
 	}
 	b := newOpenBin(start)
+	d.binGen++
+	b.gen = d.binGen
 	st.bins[start] = b
 	return b
 }
@@ -143,53 +149,69 @@ func parsePortName(s string) (proto, port uint32) {
 	return uint32(pv), uint32(v)
 }
 
-// addRow counts a scan-like row's source for its port and fingerprints.
-func (b *openBin) addRow(d *Detector, r *row, sensor string) {
-	h := keyHash(r.key)
+// addRow counts a scan-like row's source for its port and fingerprints;
+// h is the row's tracked host, if any (its cache of the set it was last
+// counted in saves the lookups of a repeated (source, port)).
+func (b *openBin) addRow(d *Detector, r *row, sensor string, h *subject) {
+	var src uint64
 	if r.portKnown {
 		k := portKey(r.proto, r.port)
-		s := b.lastSet
-		if s == nil || b.lastPort != k {
-			if s = b.ports[k]; s == nil {
-				s = newBinSet()
-				b.ports[k] = s
+		if h == nil || h.setGen != b.gen || h.setPort != k {
+			s := b.lastSet
+			if s == nil || b.lastPort != k {
+				if s = b.ports[k]; s == nil {
+					s = newBinSet()
+					b.ports[k] = s
+				}
+				b.lastPort, b.lastSet = k, s
 			}
-			b.lastPort, b.lastSet = k, s
+			src = keyHash(r.key)
+			if b.addTo(s, src, r.country, sensor, d) && h != nil {
+				h.setGen, h.setPort = b.gen, k
+			}
 		}
-		b.addTo(s, h, r.country, sensor, d)
+	}
+	if len(r.fps) > 0 && src == 0 {
+		src = keyHash(r.key)
 	}
 	for _, fp := range r.fps {
-		b.add(&b.fps, fp.name, h, r.country, sensor, d.cfg, &d.st.stats)
+		b.add(&b.fps, fp.name, src, r.country, sensor, d.cfg, &d.st.stats)
 	}
 }
 
-func (b *openBin) add(m *map[string]*binSet, key string, src uint64, country, sensor string, cfg Config, stats *Stats) {
+// add counts src in the set of key and reports whether it is in the set
+// (false: dropped at max_bin_sources).
+func (b *openBin) add(m *map[string]*binSet, key string, src uint64, country, sensor string, cfg Config, stats *Stats) bool {
 	s := (*m)[key]
 	if s == nil {
 		s = newBinSet()
 		(*m)[key] = s
 	}
 	if _, ok := s.srcs[src]; ok {
-		return
+		return true
 	}
 	if b.size >= cfg.MaxBinSources {
 		stats.BinSetDropped++
-		return
+		return false
 	}
 	b.size++
 	s.srcs[src] = b.originOf(country, sensor)
+	return true
 }
 
-func (b *openBin) addTo(s *binSet, src uint64, country, sensor string, d *Detector) {
+// addTo counts src in s and reports whether it is in the set (false:
+// dropped at max_bin_sources).
+func (b *openBin) addTo(s *binSet, src uint64, country, sensor string, d *Detector) bool {
 	if _, ok := s.srcs[src]; ok {
-		return
+		return true
 	}
 	if b.size >= d.cfg.MaxBinSources {
 		d.st.stats.BinSetDropped++
-		return
+		return false
 	}
 	b.size++
 	s.srcs[src] = b.originOf(country, sensor)
+	return true
 }
 
 // closeBin judges a bin: every series (with sources in the bin, or with
