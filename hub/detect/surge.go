@@ -30,7 +30,7 @@ type origin struct{ country, sensor string }
 
 // openBin gathers one bin for the surge detectors until it is judged.
 type openBin struct {
-	start     int64 // Unix s
+	start int64 // Unix s
 	// gen names this bin among all bins the detector opened or restored
 	// (transient): a subject remembers the (gen, port) and (gen, country)
 	// it was last counted in, and skips the set lookups when it repeats.
