@@ -138,9 +138,17 @@ type bin struct {
 	Sensors   map[string]*sensorBin
 }
 
-func newBin(start int64) *bin {
+// newBin returns an empty bin. With like set, the bin's tables start at
+// like's sizes (a bin's neighbour is a good guess of its size), so that
+// filling it does not grow and rehash them step by step.
+func newBin(start int64, like *bin) *bin {
+	var cells, hosts, hosts6, origins int
+	if like != nil {
+		cells, hosts, hosts6, origins = len(like.cells), len(like.hosts), len(like.host6), len(like.origins)
+	}
 	return &bin{Start: start, strIdx: map[string]uint32{}, originIdx: map[uint32]map[uint64]uint32{},
-		cellIdx: map[cellID]int32{}, host4: map[uint64]int32{}, host6: map[hostID]int32{},
+		origins: make([]origin, 0, origins), cellIdx: make(map[cellID]int32, cells), cells: make([]cell, 0, cells),
+		host4: make(map[uint64]int32, hosts-hosts6), host6: make(map[hostID]int32, hosts6), hosts: make([]host, 0, hosts),
 		Sensors: map[string]*sensorBin{}}
 }
 
