@@ -31,6 +31,11 @@ type Config struct {
 	Ingest        IngestConfig `yaml:"ingest"`
 	Admin         AdminConfig  `yaml:"admin"`
 	MetricsListen string       `yaml:"metrics_listen"`
+	// MetricsPprof serves Go's runtime profiles under /debug/pprof/ on
+	// metrics_listen (off by default).
+	MetricsPprof bool `yaml:"metrics_pprof"`
+	// Runtime tunes the Go runtime of the hub process.
+	Runtime RuntimeConfig `yaml:"runtime"`
 	// TickInterval is how often the leader writes its clock into the log
 	// (the FSM's only notion of time besides batch times).
 	TickInterval config.Duration `yaml:"tick_interval"`
@@ -95,6 +100,25 @@ type RaftConfig struct {
 	LogCacheBytes   int `yaml:"log_cache_bytes"`
 }
 
+// RuntimeConfig tunes the Go garbage collector of the hub process. The
+// GOGC and GOMEMLIMIT environment variables, when set, win over these keys
+// (as for any Go program).
+type RuntimeConfig struct {
+	// GCPercent is the collector's target heap growth between collections
+	// (GOGC), in percent of the live heap; -1 turns the collector off
+	// until memory_limit_bytes is reached. A hub allocates a lot per row
+	// and keeps a fairly small live heap, so a value above Go's default of
+	// 100 trades some memory for much less collector CPU (hub/BENCHMARKS.md).
+	GCPercent int `yaml:"gc_percent"`
+	// MemoryLimitBytes is a soft limit on the process's memory (GOMEMLIMIT):
+	// near it the collector runs more often, whatever gc_percent says.
+	// 0: no limit.
+	MemoryLimitBytes int64 `yaml:"memory_limit_bytes"`
+}
+
+// DefaultGCPercent is the default of runtime.gc_percent.
+const DefaultGCPercent = 100
+
 // IngestConfig is the sensor-facing gRPC port.
 type IngestConfig struct {
 	Listen string `yaml:"listen"`
@@ -152,6 +176,7 @@ func DefaultConfig() Config {
 		},
 		TickInterval:   config.Duration(10 * time.Second),
 		MaxPendingRows: ic.MaxPendingRows,
+		Runtime:        RuntimeConfig{GCPercent: DefaultGCPercent},
 	}
 }
 
@@ -332,6 +357,18 @@ func (c Config) Validate() error {
 	}
 	if len(c.Raft.Peers) > 0 && !c.Raft.Bootstrap {
 		return errors.New("raft.peers: only used with raft.bootstrap: true (later hubs join with `jasper hub join`)")
+	}
+	if c.MetricsPprof && c.MetricsListen == "" {
+		return errors.New("metrics_pprof: needs metrics_listen (the profiles are served there)")
+	}
+	switch gp := c.Runtime.GCPercent; {
+	case gp == -1 && c.Runtime.MemoryLimitBytes == 0:
+		return errors.New("runtime.gc_percent: -1 turns the collector off: set runtime.memory_limit_bytes too")
+	case gp != -1 && gp < 10:
+		return fmt.Errorf("runtime.gc_percent: %d (want at least 10, or -1 with runtime.memory_limit_bytes)", gp)
+	}
+	if c.Runtime.MemoryLimitBytes < 0 {
+		return errors.New("runtime.memory_limit_bytes: negative")
 	}
 	if c.TickInterval.D() < 0 {
 		return errors.New("tick_interval: negative")

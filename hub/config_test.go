@@ -3,8 +3,11 @@ package hub
 import (
 	"context"
 	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
+	"github.com/jasperfed/jasper/internal/obs"
 	"github.com/jasperfed/jasper/internal/pki"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
@@ -57,6 +61,13 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 		{"raft: {bind: 0.0.0.0:7000}\n", "raft.advertise"},
 		{"ingest: {listen: ':7443'}\n", "ingest.advertise"},
 		{"raft: {bind: 0.0.0.0:7000, advertise: 10.0.0.1:7000}\ningest: {listen: ':7443', advertise: 10.0.0.1:7443}\n", ""},
+		{"runtime: {gc_percent: 5}\n", "runtime.gc_percent"},
+		{"runtime: {gc_percent: -1}\n", "runtime.memory_limit_bytes"},
+		{"runtime: {gc_percent: -1, memory_limit_bytes: 1073741824}\n", ""},
+		{"runtime: {memory_limit_bytes: -2}\n", "runtime.memory_limit_bytes"},
+		{"runtime: {gc_pct: 200}\n", "gc_pct"},
+		{"metrics_pprof: true\nmetrics_listen: ''\n", "metrics_pprof"},
+		{"raft: {bind: 127.0.0.1:0, log_cache_entries: -1}\n", "LogCacheEntries"},
 	} {
 		dir := t.TempDir()
 		cfg, err := LoadConfig(writeConfig(t, dir, tc.extra))
@@ -161,7 +172,7 @@ func TestHubWiresExtensions(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = pki.WriteIssued(dir, "hub-1", is)
-	path := writeConfig(t, dir, "metrics_listen: 127.0.0.1:0\ntick_interval: 20ms\nraft: {bind: 127.0.0.1:0, bootstrap: true, heartbeat_timeout: 100ms, election_timeout: 100ms, leader_lease_timeout: 50ms}\nmine: {answer: 42}\n")
+	path := writeConfig(t, dir, "metrics_listen: 127.0.0.1:0\nmetrics_pprof: true\ntick_interval: 20ms\nraft: {bind: 127.0.0.1:0, bootstrap: true, heartbeat_timeout: 100ms, election_timeout: 100ms, leader_lease_timeout: 50ms}\nmine: {answer: 42}\n")
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		t.Fatal(err)
@@ -209,10 +220,63 @@ func TestHubWiresExtensions(t *testing.T) {
 	if h.IngestAddr() == "" || h.MetricsAddr() == "" || s.started != 1 {
 		t.Fatalf("not started: ingest %q metrics %q service %d", h.IngestAddr(), h.MetricsAddr(), s.started)
 	}
+	// metrics_pprof: the runtime profiles are served beside /metrics.
+	resp, err := http.Get("http://" + h.MetricsAddr() + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "heap profile") {
+		t.Fatalf("GET /debug/pprof/heap: %s %.100q", resp.Status, body)
+	}
 	if err := h.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.Stop(ctx); err != nil || s.stopped != 1 {
 		t.Fatalf("second stop: %v, service stopped %d times", err, s.stopped)
+	}
+}
+
+// TestPprofOffByDefault: without metrics_pprof the metrics port serves no
+// profiles.
+func TestPprofOffByDefault(t *testing.T) {
+	o, err := obs.Listen("127.0.0.1:0", prometheus.NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Start()
+	defer o.Stop(context.Background())
+	resp, err := http.Get("http://" + o.Addr() + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /debug/pprof/ without metrics_pprof: %s", resp.Status)
+	}
+	if DefaultConfig().MetricsPprof {
+		t.Fatal("metrics_pprof on by default")
+	}
+}
+
+// TestApplyRuntime sets the collector from the runtime section, and leaves
+// it to GOGC / GOMEMLIMIT when they are set.
+func TestApplyRuntime(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	t.Setenv("GOGC", "")
+	t.Setenv("GOMEMLIMIT", "")
+	ApplyRuntime(RuntimeConfig{GCPercent: 250, MemoryLimitBytes: 3 << 30}, nil)
+	if got := debug.SetGCPercent(100); got != 250 {
+		t.Fatalf("gc percent %d, want 250", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 3<<30 {
+		t.Fatalf("memory limit %d, want %d", got, 3<<30)
+	}
+	t.Setenv("GOGC", "150")
+	ApplyRuntime(RuntimeConfig{GCPercent: 400}, nil)
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("gc percent %d with GOGC set, want the value left alone (100)", got)
 	}
 }

@@ -275,6 +275,9 @@ func (h *Hub) Start(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("metrics_listen %s: %w", h.cfg.MetricsListen, err)
 		}
+		if h.cfg.MetricsPprof {
+			o.EnablePprof()
+		}
 		o.Start()
 		h.mu.Lock()
 		h.obs = o

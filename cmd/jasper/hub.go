@@ -88,6 +88,7 @@ func hubRun(ctx context.Context, args []string) error {
 		return nil
 	}
 	log := obs.NewLogger(os.Stderr, cfg.Log.Format, cfg.Log.Level)
+	hub.ApplyRuntime(cfg.Runtime, log)
 	reg := obs.NewRegistry()
 	h, err := hub.New(cfg, hub.Deps{Log: log, Registry: reg, Version: version})
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package obs gives every jasper process the same observability: a slog
 // logger, a Prometheus registry of its own, and an HTTP server on a port
 // apart from the service ports, serving /metrics, /healthz (alive) and
-// /readyz (ready to serve).
+// /readyz (ready to serve), and on request /debug/pprof/ (EnablePprof).
 package obs
 
 import (
@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -54,6 +55,7 @@ func NewRegistry() *prometheus.Registry {
 // Server serves metrics and health.
 type Server struct {
 	srv *http.Server
+	mux *http.ServeMux
 	ln  net.Listener
 	log *slog.Logger
 }
@@ -80,7 +82,20 @@ func Listen(addr string, reg prometheus.Gatherer, ready ReadyFunc, log *slog.Log
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
-	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln, log: log}, nil
+	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, mux: mux, ln: ln, log: log}, nil
+}
+
+// EnablePprof serves Go's runtime profiles (net/http/pprof) under
+// /debug/pprof/ on this server: CPU and heap profiles, goroutine dumps,
+// execution traces. Off unless asked for: the profiles show internals and
+// a CPU profile or trace costs CPU while it runs. Call it before Start.
+func (s *Server) EnablePprof() {
+	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.log.Info("pprof_enabled", "addr", s.Addr(), "path", "/debug/pprof/")
 }
 
 // Addr is the bound address.
