@@ -21,10 +21,17 @@ const (
 )
 
 // Sketch counts distinct 64-bit hashes: exactly while small, approximately
-// (bounded memory) beyond exactLimit.
+// (bounded memory) beyond exactLimit. A single member is held inline (no
+// allocation: most cells of a darknet bin see one source); the HyperLogLog
+// registers are packed eight to a word, so a sketch holds one pointer.
 type Sketch struct {
-	exact []uint64 // sorted, no duplicates; nil once regs is set
-	regs  []uint8  // HyperLogLog registers, nil while exact
+	// w is the members, sorted, when there are 2..exactLimit of them, or
+	// the hllRegisters one-byte registers (register i is byte i%8 of word
+	// i/8, counting from the low byte) once hll is set.
+	w    []uint64
+	one  uint64 // the member when has1
+	has1 bool   // exactly one member, in one (w is empty)
+	hll  bool
 }
 
 // hashAddr maps an address to a well-mixed 64-bit hash. It uses no random
@@ -47,71 +54,109 @@ func mix64(z uint64) uint64 {
 
 // Add inserts a hash.
 func (s *Sketch) Add(h uint64) {
-	if s.regs != nil {
+	if s.hll {
 		s.addHLL(h)
 		return
 	}
-	i, found := slices.BinarySearch(s.exact, h)
+	if len(s.w) == 0 {
+		switch {
+		case !s.has1:
+			s.one, s.has1 = h, true
+		case h != s.one:
+			a, b := min(s.one, h), max(s.one, h)
+			s.w = append(s.w[:0], a, b)
+			s.one, s.has1 = 0, false
+		}
+		return
+	}
+	i, found := slices.BinarySearch(s.w, h)
 	if found {
 		return
 	}
-	s.exact = slices.Insert(s.exact, i, h)
-	if len(s.exact) > exactLimit {
+	s.w = slices.Insert(s.w, i, h)
+	if len(s.w) > exactLimit {
 		s.promote()
 	}
 }
 
+// members returns the exact members (one must not outlive the call).
+func (s *Sketch) members(one *[1]uint64) []uint64 {
+	if s.has1 {
+		one[0] = s.one
+		return one[:]
+	}
+	return s.w
+}
+
 func (s *Sketch) promote() {
-	s.regs = make([]uint8, hllRegisters)
-	for _, h := range s.exact {
+	var one [1]uint64
+	m := s.members(&one)
+	regs := make([]uint64, hllRegisters/8)
+	s.w, s.one, s.has1, s.hll = regs, 0, false, true
+	for _, h := range m {
 		s.addHLL(h)
 	}
-	s.exact = nil
 }
 
 func (s *Sketch) addHLL(h uint64) {
 	idx := h >> (64 - hllPrecision)
 	w := h<<hllPrecision | 1<<(hllPrecision-1)
-	rank := uint8(bits.LeadingZeros64(w)) + 1
-	if rank > s.regs[idx] {
-		s.regs[idx] = rank
+	rank := uint64(bits.LeadingZeros64(w)) + 1
+	word := &s.w[idx>>3]
+	sh := (idx & 7) * 8
+	if rank > (*word>>sh)&0xff {
+		*word = *word&^(0xff<<sh) | rank<<sh
 	}
 }
+
+// reg returns register i of an HLL sketch.
+func (s *Sketch) reg(i int) uint8 { return uint8(s.w[i>>3] >> ((i & 7) * 8)) }
 
 // Merge adds every member of o into s.
 func (s *Sketch) Merge(o *Sketch) {
 	if o == nil {
 		return
 	}
-	if o.regs == nil {
-		for _, h := range o.exact {
+	if !o.hll {
+		var one [1]uint64
+		for _, h := range o.members(&one) {
 			s.Add(h)
 		}
 		return
 	}
-	if s.regs == nil {
+	if !s.hll {
 		s.promote()
 	}
-	for i, r := range o.regs {
-		if r > s.regs[i] {
-			s.regs[i] = r
+	for i, ow := range o.w {
+		sw := s.w[i]
+		if sw == ow {
+			continue
 		}
+		var out uint64
+		for sh := 0; sh < 64; sh += 8 {
+			out |= max((sw>>sh)&0xff, (ow>>sh)&0xff) << sh
+		}
+		s.w[i] = out
 	}
 }
 
 // Exact reports whether Count is exact.
-func (s *Sketch) Exact() bool { return s.regs == nil }
+func (s *Sketch) Exact() bool { return !s.hll }
 
 // Count returns the number of distinct hashes added (an estimate once the
 // sketch has left its exact form).
 func (s *Sketch) Count() uint64 {
-	if s.regs == nil {
-		return uint64(len(s.exact))
+	if !s.hll {
+		if s.has1 {
+			return 1
+		}
+		return uint64(len(s.w))
 	}
 	m := float64(hllRegisters)
 	sum := 0.0
 	zeros := 0
-	for _, r := range s.regs {
+	for i := range hllRegisters {
+		r := s.reg(i)
 		sum += math.Ldexp(1, -int(r))
 		if r == 0 {
 			zeros++
@@ -127,7 +172,9 @@ func (s *Sketch) Count() uint64 {
 
 // clone returns a deep copy.
 func (s *Sketch) clone() Sketch {
-	return Sketch{exact: slices.Clone(s.exact), regs: slices.Clone(s.regs)}
+	c := *s
+	c.w = slices.Clone(s.w)
+	return c
 }
 
 // sketchState is the serialised form of a Sketch.
@@ -136,19 +183,36 @@ type sketchState struct {
 	Regs  []byte   `json:"r,omitempty"`
 }
 
-func (s *Sketch) state() sketchState { return sketchState{Exact: s.exact, Regs: s.regs} }
+func (s *Sketch) state() sketchState {
+	if s.hll {
+		regs := make([]byte, hllRegisters)
+		for i := range regs {
+			regs[i] = s.reg(i)
+		}
+		return sketchState{Regs: regs}
+	}
+	if s.has1 {
+		return sketchState{Exact: []uint64{s.one}}
+	}
+	if len(s.w) == 0 {
+		return sketchState{}
+	}
+	return sketchState{Exact: s.w}
+}
 
 func (st sketchState) sketch() (Sketch, error) {
 	if st.Regs != nil {
 		if len(st.Regs) != hllRegisters || st.Exact != nil {
 			return Sketch{}, errBadSketch
 		}
-		for _, r := range st.Regs {
+		w := make([]uint64, hllRegisters/8)
+		for i, r := range st.Regs {
 			if r > 64-hllPrecision+1 {
 				return Sketch{}, errBadSketch
 			}
+			w[i>>3] |= uint64(r) << ((i & 7) * 8)
 		}
-		return Sketch{regs: slices.Clone(st.Regs)}, nil
+		return Sketch{w: w, hll: true}, nil
 	}
 	if len(st.Exact) > exactLimit || !slices.IsSorted(st.Exact) {
 		return Sketch{}, errBadSketch
@@ -158,5 +222,11 @@ func (st sketchState) sketch() (Sketch, error) {
 			return Sketch{}, errBadSketch
 		}
 	}
-	return Sketch{exact: slices.Clone(st.Exact)}, nil
+	switch len(st.Exact) {
+	case 0:
+		return Sketch{}, nil
+	case 1:
+		return Sketch{one: st.Exact[0], has1: true}, nil
+	}
+	return Sketch{w: slices.Clone(st.Exact)}, nil
 }
