@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -170,8 +171,14 @@ func (d *Detector) flush() {
 	subs := slices.Clone(d.subs)
 	d.subsMu.Unlock()
 	for _, f := range p {
-		for _, fn := range subs {
-			fn(proto.Clone(f).(*jasperv1.Finding))
+		// The queued copy is already private: the last subscriber gets it,
+		// the others a copy each.
+		for i, fn := range subs {
+			if i < len(subs)-1 {
+				fn(proto.Clone(f).(*jasperv1.Finding))
+			} else {
+				fn(f)
+			}
 		}
 	}
 }
@@ -544,11 +551,16 @@ func (d *Detector) judgeVictim(index uint64, v *subject) {
 }
 
 // findingID is stable: the finding's type, subject and the raft index that
-// raised it.
+// raised it (sha256 of "type|subject|index", type and index in decimal).
 func findingID(t jasperv1.FindingType, subject string, index uint64) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%d|%s|%d", t, subject, index)
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	var buf [96]byte
+	b := strconv.AppendInt(buf[:0], int64(t), 10)
+	b = append(b, '|')
+	b = append(b, subject...)
+	b = append(b, '|')
+	b = strconv.AppendUint(b, index, 10)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // raise opens a new finding for subject (the caller fills the evidence and
@@ -568,7 +580,7 @@ func (d *Detector) raise(index uint64, subject string, f *jasperv1.Finding, atMs
 	st.open[subject] = of
 	st.byID[f.Id] = of
 	st.stats.FindingsNew++
-	d.m.findings.WithLabelValues(typeName(f.Type), "new").Inc()
+	d.m.finding(f.Type, "new").Inc()
 }
 
 // touch records an update of an open finding and reports whether it is
@@ -612,7 +624,7 @@ func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
 		st.ended = slices.Delete(st.ended, 0, over)
 	}
 	st.stats.FindingsEnded++
-	d.m.findings.WithLabelValues(typeName(f.Type), "ended").Inc()
+	d.m.finding(f.Type, "ended").Inc()
 	// Free the subject so that new activity opens a new finding.
 	var k addrKey
 	if len(f.SrcIp) == 4 || len(f.SrcIp) == 16 {

@@ -1,6 +1,10 @@
 package detect
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
+)
 
 type metrics struct {
 	rows         prometheus.Counter
@@ -10,6 +14,27 @@ type metrics struct {
 	openFindings prometheus.Gauge
 	hosts        prometheus.Gauge
 	victims      prometheus.Gauge
+	// byType caches the findings counters of the known types (new,
+	// ended).
+	byType [8][2]prometheus.Counter
+}
+
+// finding returns the findings counter of type t and event ("new" or
+// "ended").
+func (m *metrics) finding(t jasperv1.FindingType, event string) prometheus.Counter {
+	e := 0
+	if event == "ended" {
+		e = 1
+	}
+	if t < 0 || int(t) >= len(m.byType) {
+		return m.findings.WithLabelValues(typeName(t), event)
+	}
+	c := m.byType[t][e]
+	if c == nil {
+		c = m.findings.WithLabelValues(typeName(t), event)
+		m.byType[t][e] = c
+	}
+	return c
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
