@@ -258,7 +258,7 @@ func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.En
 	// Rows of one source come together and share their enrichment: the
 	// origin is looked up only when the country or ASN changes.
 	var (
-		haveOrigin              bool
+		haveOrigin, orgOK       bool
 		prevCountry             string
 		prevASN, country, org   uint32
 		haveFold                bool
@@ -298,11 +298,16 @@ func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.En
 			if !haveOrigin || c != prevCountry {
 				country = bn.intern(c)
 			}
-			org = bn.origin(om, sensor, country, asn)
+			// Only looked up: an origin enters the table with its first
+			// cell, so the table stays within the bin's cells.
+			org, orgOK = om[uint64(country)<<32|uint64(asn)]
 			haveOrigin, prevCountry, prevASN = true, c, asn
 		}
-		id := packCell(org, uint8(proto), port, uint8(class))
-		ci, ok := bn.cellIdx[id]
+		var ci int32
+		ok := false
+		if orgOK {
+			ci, ok = bn.cellIdx[packCell(org, uint8(proto), port, uint8(class))]
+		}
 		if !ok {
 			if bn.Ordinary >= m.cfg.MaxCellsPerBin {
 				// Fold into the "other ports" cell of the sensor, country,
@@ -312,12 +317,19 @@ func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.En
 					foldOrigin = bn.origin(om, sensor, country, 0)
 					haveFold, foldCountry = true, country
 				}
-				id = packCell(foldOrigin, uint8(proto), OtherPort, uint8(class))
-				ci, ok = bn.cellIdx[id]
-			}
-			if !ok {
-				ci = bn.newCell(id)
-				if id.port() != OtherPort || bn.origins[id.origin()].asn != 0 {
+				if asn == 0 {
+					org, orgOK = foldOrigin, true // the row's own origin now exists
+				}
+				id := packCell(foldOrigin, uint8(proto), OtherPort, uint8(class))
+				if ci, ok = bn.cellIdx[id]; !ok {
+					ci = bn.newCell(id)
+				}
+			} else {
+				if !orgOK {
+					org, orgOK = bn.origin(om, sensor, country, asn), true
+				}
+				ci = bn.newCell(packCell(org, uint8(proto), port, uint8(class)))
+				if port != OtherPort || asn != 0 {
 					bn.Ordinary++
 				}
 			}

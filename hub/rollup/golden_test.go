@@ -22,8 +22,10 @@ var updateGolden = flag.Bool("update", false, "rewrite testdata/golden_* from th
 // goldenLog is a reproducible log that reaches every branch of OnBatch:
 // IPv4, IPv6 and IPv4-mapped sources, malformed rows, overflow rows,
 // non-port protocols, fingerprints, unknown countries and ASNs, the cell
-// cap (folding), the host cap, late batches and evictions.
-func goldenLog(seed uint64, n int) []*jasperv1.CommittedBatch {
+// cap (folding), the host cap, late batches and evictions. With runs set,
+// each source sends a run of rows in a row (as sensors emit them), ASN 0
+// and overflow rows are frequent.
+func goldenLog(seed uint64, n int, runs bool) []*jasperv1.CommittedBatch {
 	rng := rand.New(rand.NewPCG(seed, 5))
 	countries := []string{"JP", "DE", "US", "BR", "", "FR", "CN"}
 	classes := []jasperv1.TrafficClass{jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN, jasperv1.TrafficClass_TRAFFIC_CLASS_UDP,
@@ -39,8 +41,16 @@ func goldenLog(seed uint64, n int) []*jasperv1.CommittedBatch {
 		// so that every source has one country and ASN (Hosts reports the
 		// country of one of a host's records, whichever it meets first).
 		odd := i%11 == 3 || i%29 == 0
+		v, left := 0, 0
 		for range 1 + rng.IntN(100) {
-			v := rng.IntN(600)
+			if runs && left > 0 {
+				left--
+			} else {
+				v = rng.IntN(600)
+				if runs {
+					left = rng.IntN(6)
+				}
+			}
 			var src []byte
 			switch {
 			case v < 500 && odd:
@@ -82,7 +92,7 @@ func goldenLog(seed uint64, n int) []*jasperv1.CommittedBatch {
 			r.Bytes = append(r.Bytes, p*(40+rng.Uint64N(100)))
 			r.FirstSeenMs = append(r.FirstSeenMs, uint32(rng.IntN(30000)))
 			r.LastSeenMs = append(r.LastSeenMs, uint32(30000+rng.IntN(30000)))
-			r.Overflow = append(r.Overflow, rng.IntN(25) == 0)
+			r.Overflow = append(r.Overflow, rng.IntN(25) == 0 || runs && rng.IntN(4) == 0)
 			for k, fc := range fps {
 				var x uint64
 				if rng.IntN(5) == 0 {
@@ -99,7 +109,11 @@ func goldenLog(seed uint64, n int) []*jasperv1.CommittedBatch {
 				en.SrcAsn = append(en.SrcAsn, 0)
 			} else {
 				en.SrcCountry = append(en.SrcCountry, countries[v%len(countries)])
-				en.SrcAsn = append(en.SrcAsn, uint32(v%23))
+				asn := uint32(v % 23)
+				if runs {
+					asn = uint32(v % 3)
+				}
+				en.SrcAsn = append(en.SrcAsn, asn)
 			}
 			pk += p
 		}
@@ -155,10 +169,18 @@ func goldenAnswers(m *Module) map[string]any {
 	return out
 }
 
-func goldenModule(t *testing.T) *Module {
+// goldenConfig is the configuration of the golden scenarios.
+func goldenConfig(runs bool) func(*Config) {
+	if runs {
+		return func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 60, 40, 25*time.Minute }
+	}
+	return func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 400, 120, 25*time.Minute }
+}
+
+func goldenModule(t *testing.T, runs bool) *Module {
 	t.Helper()
-	m := newModule(t, func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 400, 120, 25*time.Minute })
-	for i, cb := range goldenLog(42, 160) {
+	m := newModule(t, goldenConfig(runs))
+	for i, cb := range goldenLog(42, 160, runs) {
 		m.OnBatch(uint64(i+1), cb)
 		if i%23 == 22 {
 			m.OnTick(uint64(i+1), time.Unix(t0+int64(15*i), 0))
@@ -212,33 +234,84 @@ func checkGolden(t *testing.T, name string, got []byte) {
 	}
 }
 
-// TestGoldenAnswers pins the answers and the snapshot of a log that
-// reaches every branch to those of the original implementation
-// (testdata/golden_*.gz, written by the map-of-structs version of the module
-// before the packed-key rewrite): faster code must give the same answers.
+// TestGoldenAnswers pins the answers and the snapshot of logs that reach
+// every branch to those of the original implementation
+// (testdata/golden_*.gz, written by the map-of-structs version of the
+// module before the packed-key rewrite): faster code must give the same
+// answers.
 func TestGoldenAnswers(t *testing.T) {
-	m := goldenModule(t)
-	ans, err := json.MarshalIndent(goldenAnswers(m), "", " ")
-	if err != nil {
+	for _, runs := range []bool{false, true} {
+		suffix := ""
+		if runs {
+			suffix = "_runs"
+		}
+		t.Run("runs="+fmt.Sprint(runs), func(t *testing.T) {
+			m := goldenModule(t, runs)
+			ans, err := json.MarshalIndent(goldenAnswers(m), "", " ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkGolden(t, "golden_answers"+suffix+".json", ans)
+			var snap bytes.Buffer
+			if err := m.Snapshot(&snap); err != nil {
+				t.Fatal(err)
+			}
+			checkGolden(t, "golden_snapshot"+suffix+"_v1.json", snap.Bytes())
+			// The restored module answers the same.
+			r := newModule(t, goldenConfig(runs))
+			if err := r.Restore(bytes.NewReader(snap.Bytes())); err != nil {
+				t.Fatal(err)
+			}
+			ans2, err := json.MarshalIndent(goldenAnswers(r), "", " ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(ans, ans2) {
+				t.Error("the restored module answers differently")
+			}
+		})
+	}
+}
+
+// TestRestoreOldSnapshot restores the snapshot that the original
+// implementation wrote (a hub before the rewrite, in a rolling upgrade):
+// the new module answers as the old one did and writes the same bytes.
+func TestRestoreOldSnapshot(t *testing.T) {
+	old := readGolden(t, "golden_snapshot_v1.json")
+	m := newModule(t, goldenConfig(false))
+	if err := m.Restore(bytes.NewReader(old)); err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "golden_answers.json", ans)
 	var snap bytes.Buffer
 	if err := m.Snapshot(&snap); err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "golden_snapshot_v1.json", snap.Bytes())
-	// The restored module answers the same.
-	r := newModule(t, func(c *Config) { c.MaxCellsPerBin, c.MaxHostsPerBin, c.Window = 400, 120, 25*time.Minute })
-	if err := r.Restore(bytes.NewReader(snap.Bytes())); err != nil {
-		t.Fatal(err)
+	if !bytes.Equal(snap.Bytes(), old) {
+		t.Error("the old snapshot restored and written again differs")
 	}
-	ans2, err := json.MarshalIndent(goldenAnswers(r), "", " ")
+	ans, err := json.MarshalIndent(goldenAnswers(m), "", " ")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(ans, ans2) {
-		t.Error("the restored module answers differently")
+	if !bytes.Equal(ans, readGolden(t, "golden_answers.json")) {
+		t.Error("the module restored from the old snapshot answers differently")
+	}
+	// And it goes on like a module that applied the log itself.
+	more := goldenLog(43, 20, true)
+	live := goldenModule(t, false)
+	for i, cb := range more {
+		m.OnBatch(uint64(1000+i), cb)
+		live.OnBatch(uint64(1000+i), cb)
+	}
+	var a, b bytes.Buffer
+	if err := m.Snapshot(&a); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Snapshot(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Error("the module restored from the old snapshot diverged from one that applied the log")
 	}
 }
 
