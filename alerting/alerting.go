@@ -192,7 +192,7 @@ func New(cfg Config, deps Deps) (*Alerting, error) {
 				tc.RootCAs = pool
 			}
 		}
-		s, err := email.New(cfg.SMTP, tc)
+		s, err := email.New(cfg.SMTP, tc, email.WithLog(log), email.WithRegisterer(deps.Registerer))
 		if err != nil {
 			return nil, err
 		}

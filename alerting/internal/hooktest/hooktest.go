@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jasperfed/jasper/alerting/internal/testport"
 )
 
 // Request is one received request.
@@ -45,7 +47,7 @@ type Receiver struct {
 
 // Start listens on 127.0.0.1:0.
 func Start(t testing.TB) *Receiver {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := testport.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}

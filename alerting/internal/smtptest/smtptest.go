@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/jasperfed/jasper/alerting/internal/testport"
 	"github.com/jasperfed/jasper/internal/pki"
 )
 
@@ -69,7 +70,7 @@ func Start(t testing.TB) *Server {
 	pool.AddCert(ca.Cert)
 	s := &Server{t: t, User: "jasper", Password: "s3cret-smtp-pass", tlsCfg: &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12},
 		ClientTLS: &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := testport.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}
