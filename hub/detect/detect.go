@@ -175,7 +175,7 @@ func (d *Detector) flush() {
 		// the others a copy each.
 		for i, fn := range subs {
 			if i < len(subs)-1 {
-				fn(proto.Clone(f).(*jasperv1.Finding))
+				fn(cloneFinding(f))
 			} else {
 				fn(f)
 			}
@@ -604,7 +604,7 @@ func (d *Detector) touch(index uint64, of *openFinding, atMs int64) bool {
 // announce queues a copy of the finding for the OnFinding subscribers.
 func (d *Detector) announce(of *openFinding) {
 	of.announced = of.f.UpdatedAtMs
-	d.pending = append(d.pending, proto.Clone(of.f).(*jasperv1.Finding))
+	d.pending = append(d.pending, cloneFinding(of.f))
 }
 
 // end closes an open finding and announces it.
@@ -646,7 +646,7 @@ func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
 			v.minutes, v.maxMinute = nil, 0
 		}
 	}
-	d.pending = append(d.pending, proto.Clone(f).(*jasperv1.Finding))
+	d.pending = append(d.pending, cloneFinding(f))
 }
 
 // evictOldest ends the open finding updated longest ago (ties: id order).
@@ -756,7 +756,7 @@ func (d *Detector) Apply(index uint64, payload []byte) (any, error) {
 		why += ": " + c.Reason
 	}
 	d.end(index, of, d.st.nowMs, why)
-	out := proto.Clone(of.f).(*jasperv1.Finding)
+	out := cloneFinding(of.f)
 	d.mu.Unlock()
 	d.flush()
 	return out, nil
@@ -806,7 +806,7 @@ func (d *Detector) Findings(fl Filter) []*jasperv1.Finding {
 		out = out[:fl.Limit]
 	}
 	for i, f := range out {
-		out[i] = proto.Clone(f).(*jasperv1.Finding)
+		out[i] = cloneFinding(f)
 	}
 	return out
 }

@@ -1,10 +1,14 @@
 package detect
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
@@ -59,5 +63,92 @@ func TestSubscribersGetOwnCopies(t *testing.T) {
 	fs := d.Findings(Filter{})
 	if len(fs) != 1 || fs[0].Summary == "changed by subscriber 2" || len(fs[0].Ports) != 1 || fs[0].Ports[0] != 23 {
 		t.Fatalf("detector state changed by a subscriber: %v", fs)
+	}
+}
+
+// TestCloneFindingCopiesEveryField: every field of the message, set
+// through reflection (so a field added later is set too), survives
+// cloneFinding, and the copy shares no memory that a subscriber could
+// change.
+func TestCloneFindingCopiesEveryField(t *testing.T) {
+	f := &jasperv1.Finding{}
+	m := f.ProtoReflect()
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		scalar := func(n int64) protoreflect.Value {
+			switch fd.Kind() {
+			case protoreflect.StringKind:
+				return protoreflect.ValueOfString(fmt.Sprintf("s%d", n))
+			case protoreflect.BytesKind:
+				return protoreflect.ValueOfBytes([]byte{byte(n), 2, 3, 4})
+			case protoreflect.EnumKind:
+				return protoreflect.ValueOfEnum(protoreflect.EnumNumber(1 + n%3))
+			case protoreflect.BoolKind:
+				return protoreflect.ValueOfBool(true)
+			case protoreflect.DoubleKind:
+				return protoreflect.ValueOfFloat64(float64(n) + 0.5)
+			case protoreflect.FloatKind:
+				return protoreflect.ValueOfFloat32(float32(n) + 0.5)
+			case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+				return protoreflect.ValueOfInt32(int32(n))
+			case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+				return protoreflect.ValueOfInt64(n)
+			case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+				return protoreflect.ValueOfUint32(uint32(n))
+			case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+				return protoreflect.ValueOfUint64(uint64(n))
+			}
+			t.Fatalf("field %s: kind %v not handled by the test", fd.Name(), fd.Kind())
+			return protoreflect.Value{}
+		}
+		switch {
+		case fd.IsMap():
+			mp := m.Mutable(fd).Map()
+			mp.Set(protoreflect.ValueOfString("k").MapKey(), protoreflect.ValueOfUint64(uint64(i+1)))
+		case fd.IsList():
+			l := m.Mutable(fd).List()
+			l.Append(scalar(int64(i + 1)))
+			l.Append(scalar(int64(i + 2)))
+		default:
+			m.Set(fd, scalar(int64(i+1)))
+		}
+	}
+	m.SetUnknown(protoreflect.RawFields{0xf8, 0x7f, 0x01}) // field 2047, varint 1
+	c := cloneFinding(f)
+	if !proto.Equal(c, f) {
+		t.Fatalf("clone differs:\n%v\n%v", c, f)
+	}
+	if !bytes.Equal(c.ProtoReflect().GetUnknown(), f.ProtoReflect().GetUnknown()) {
+		t.Fatal("unknown fields not copied")
+	}
+	// Change every list, bytes field and map of the copy: the original
+	// must not see it.
+	cm := c.ProtoReflect()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsMap():
+			cm.Mutable(fd).Map().Set(protoreflect.ValueOfString("k").MapKey(), protoreflect.ValueOfUint64(999))
+		case fd.IsList():
+			cm.Mutable(fd).List().Set(0, m.Get(fd).List().Get(1))
+		case fd.Kind() == protoreflect.BytesKind:
+			cm.Get(fd).Bytes()[0] = 0xee
+		}
+	}
+	cm.GetUnknown()[0] = 0
+	if proto.Equal(c, f) {
+		t.Fatal("changing the copy changed nothing: test broken")
+	}
+	again := cloneFinding(f)
+	if f.SrcIp[0] == 0xee || f.Ports[0] == f.Ports[1] || f.Fingerprints["k"] == 999 || f.ProtoReflect().GetUnknown()[0] == 0 {
+		t.Fatalf("the copy shares memory with the original: %v", f)
+	}
+	if !proto.Equal(again, f) {
+		t.Fatal("clone of the original changed")
+	}
+	// Empty stays empty.
+	if e := cloneFinding(&jasperv1.Finding{Ports: []uint32{}}); e.Ports != nil || !proto.Equal(e, &jasperv1.Finding{}) {
+		t.Fatalf("empty finding cloned as %v", e)
 	}
 }
