@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jasperfed/jasper/dashboards"
 	"github.com/jasperfed/jasper/hub"
@@ -146,25 +148,90 @@ func attachDetect(h *hub.Hub) error {
 	return nil
 }
 
-// logFinding logs every new and ended finding (one line each, at apply
-// time on every hub; continuing updates are not logged).
+// Finding log lines: new and ended findings are logged at info level up
+// to findingLogRate lines per second (bursts of findingLogBurst); beyond
+// that they go to debug level and an info line "findings_not_logged"
+// counts them (at most every findingLogSummary, and before the next info
+// line). An outbreak of 100,000 infected hosts would otherwise write
+// 100,000 lines on every hub inside the apply path; the findings
+// themselves, their alerts and jasper_detect_findings_total are complete
+// either way. Continuing updates are logged at debug level only.
+const (
+	findingLogRate    = 50
+	findingLogBurst   = 500
+	findingLogSummary = 10 * time.Second
+)
+
+// logFinding returns the OnFinding subscriber that logs findings.
 func logFinding(log *slog.Logger) func(*jasperv1.Finding) {
-	return func(f *jasperv1.Finding) {
-		msg := "finding_new"
-		switch f.State {
-		case jasperv1.FindingState_FINDING_STATE_CONTINUING:
-			return
-		case jasperv1.FindingState_FINDING_STATE_ENDED:
-			msg = "finding_ended"
-		}
-		var src string
-		if a, ok := netip.AddrFromSlice(f.SrcIp); ok {
-			src = a.Unmap().String()
-		}
-		log.Info(msg, "id", f.Id, "type", strings.ToLower(strings.TrimPrefix(f.Type.String(), "FINDING_TYPE_")),
-			"src", src, "src_country", f.SrcCountry, "port", f.Port, "country", f.Country,
-			"packets", f.Packets, "detected_at_ms", f.DetectedAtMs, "first_seen_ms", f.FirstSeenMs, "index", f.UpdatedIndex)
+	return newFindingLogger(log, time.Now).log
+}
+
+// findingLogger rate-limits the info lines of findings (a token bucket
+// on the wall clock: logging is outside the replicated state).
+type findingLogger struct {
+	l           *slog.Logger
+	now         func() time.Time
+	mu          sync.Mutex
+	tokens      float64
+	last        time.Time // last refill
+	notLogged   uint64    // info lines turned into debug since the last summary
+	lastSummary time.Time
+}
+
+func newFindingLogger(log *slog.Logger, now func() time.Time) *findingLogger {
+	t := now()
+	return &findingLogger{l: log, now: now, tokens: findingLogBurst, last: t, lastSummary: t}
+}
+
+// allow takes a token if there is one; it logs the summary when due.
+func (fl *findingLogger) allow() bool {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	t := fl.now()
+	if d := t.Sub(fl.last); d > 0 {
+		fl.tokens = min(findingLogBurst, fl.tokens+d.Seconds()*findingLogRate)
+		fl.last = t
 	}
+	ok := fl.tokens >= 1
+	if ok {
+		fl.tokens--
+	}
+	if fl.notLogged > 0 && (ok || t.Sub(fl.lastSummary) >= findingLogSummary) {
+		fl.l.Info("findings_not_logged", "count", fl.notLogged,
+			"reason", fmt.Sprintf("more than %d finding lines per second; they are at debug level", findingLogRate))
+		fl.notLogged = 0
+		fl.lastSummary = t
+	}
+	if !ok {
+		fl.notLogged++
+	}
+	return ok
+}
+
+func (fl *findingLogger) log(f *jasperv1.Finding) {
+	msg := "finding_new"
+	switch f.State {
+	case jasperv1.FindingState_FINDING_STATE_CONTINUING:
+		msg = "finding_continuing"
+	case jasperv1.FindingState_FINDING_STATE_ENDED:
+		msg = "finding_ended"
+	}
+	level := slog.LevelDebug
+	if f.State != jasperv1.FindingState_FINDING_STATE_CONTINUING && fl.allow() {
+		level = slog.LevelInfo
+	}
+	ctx := context.Background()
+	if !fl.l.Enabled(ctx, level) {
+		return
+	}
+	var src string
+	if a, ok := netip.AddrFromSlice(f.SrcIp); ok {
+		src = a.Unmap().String()
+	}
+	fl.l.Log(ctx, level, msg, "id", f.Id, "type", strings.ToLower(strings.TrimPrefix(f.Type.String(), "FINDING_TYPE_")),
+		"src", src, "src_country", f.SrcCountry, "port", f.Port, "country", f.Country,
+		"packets", f.Packets, "detected_at_ms", f.DetectedAtMs, "first_seen_ms", f.FirstSeenMs, "index", f.UpdatedIndex)
 }
 
 // detectFindings lists the detector's findings (open and recently ended)
