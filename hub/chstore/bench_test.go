@@ -45,7 +45,15 @@ func BenchmarkPlainInsert(b *testing.B) {
 	for _, cb := range benchData() {
 		sb.add(cb)
 	}
+	sb.columns()
 	n := sb.len()
+	// A plain program holds its times as time.Time.
+	binStart, firstSeen, lastSeen := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	for j := range n {
+		binStart[j] = time.Unix(sb.binStart[j], 0).UTC()
+		firstSeen[j] = time.Unix(sb.firstSeen[j], 0).UTC()
+		lastSeen[j] = time.Unix(sb.lastSeen[j], 0).UTC()
+	}
 	q := "INSERT INTO " + db + ".summary (" + joinNames(summaryColumns) + ")"
 	b.ResetTimer()
 	start := time.Now()
@@ -55,9 +63,9 @@ func BenchmarkPlainInsert(b *testing.B) {
 			b.Fatal(err)
 		}
 		for j := range n {
-			if err := batch.Append(sb.binStart[j], sb.sensorID[j], sb.sensorCountry[j], sb.srcIP[j], sb.srcCountry[j],
+			if err := batch.Append(binStart[j], sb.sensorID[j], sb.sensorCountry[j], sb.srcIP[j], sb.srcCountry[j],
 				sb.srcASN[j], sb.srcLabel[j], sb.protocol[j], sb.dstPort[j], sb.icmpType[j], sb.icmpCode[j], sb.class[j],
-				sb.packets[j], sb.bytes[j], sb.dstIPs[j], sb.firstSeen[j], sb.lastSeen[j], sb.ttlMin[j], sb.ttlMax[j],
+				sb.packets[j], sb.bytes[j], sb.dstIPs[j], firstSeen[j], lastSeen[j], sb.ttlMin[j], sb.ttlMax[j],
 				sb.distinctPorts[j], sb.overflow[j], sb.fragments[j], sb.fpMirai[j], sb.fpZmap[j], sb.fpMasscan[j],
 				uint64(i*benchBatches+j/benchBatchRows+1), sb.seq[j]); err != nil {
 				b.Fatal(err)

@@ -75,6 +75,8 @@ type Loader struct {
 
 	notify chan struct{}
 
+	block summaryBlock // used by the run goroutine only
+
 	mu      sync.Mutex
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -425,7 +427,9 @@ func (l *Loader) loadGroup(ctx context.Context, group []*jasperv1.CommittedBatch
 			}
 		}
 	}
-	var sb summaryBlock
+	// The summary block is the loader's, reused from insert to insert.
+	sb := &l.block
+	sb.reset()
 	var st statsBlock
 	total := 0
 	for _, cb := range group {

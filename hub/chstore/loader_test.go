@@ -69,7 +69,7 @@ func TestLoaderLoadsEveryBatchOnce(t *testing.T) {
 func ipString(b []byte) string {
 	sb := summaryBlock{}
 	sb.add(&jasperv1.CommittedBatch{Batch: &jasperv1.Batch{Rows: &jasperv1.Rows{SrcIp: [][]byte{b}}}})
-	return sb.srcIP[0]
+	return sb.columns()[3].([]string)[0]
 }
 
 // A loader that dies after its inserts but before the raft mark: the next

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
@@ -13,12 +12,17 @@ import (
 )
 
 // summaryBlock holds summary rows column by column, in summaryColumns
-// order, ready for one INSERT block.
+// order, ready for one INSERT block. The loader keeps one and reuses it
+// (reset) from insert to insert. DateTime columns are Unix seconds
+// (clickhouse-go converts []int64 for DateTime columns as it does
+// []time.Time, without a time.Time per row). Source addresses are written
+// as text into one buffer and become strings of a single allocation when
+// the block is sent (columns).
 type summaryBlock struct {
-	binStart      []time.Time
+	binStart      []int64
 	sensorID      []string
 	sensorCountry []string
-	srcIP         []string
+	srcIP         []string // built by columns from ipText and ipEnd
 	srcCountry    []string
 	srcASN        []uint32
 	srcLabel      []uint8
@@ -30,8 +34,8 @@ type summaryBlock struct {
 	packets       []uint64
 	bytes         []uint64
 	dstIPs        []uint32
-	firstSeen     []time.Time
-	lastSeen      []time.Time
+	firstSeen     []int64
+	lastSeen      []int64
 	ttlMin        []uint8
 	ttlMax        []uint8
 	distinctPorts []uint32
@@ -42,9 +46,31 @@ type summaryBlock struct {
 	fpMasscan     []uint64
 	raftIndex     []uint64
 	seq           []uint64
+
+	ipText []byte  // the source addresses as text, one after another
+	ipEnd  []int32 // where each row's address ends in ipText
 }
 
 func (b *summaryBlock) len() int { return len(b.raftIndex) }
+
+// reset empties the block, keeping its memory (strings are cleared so the
+// block does not keep old batches' strings alive).
+func (b *summaryBlock) reset() {
+	clear(b.sensorID)
+	clear(b.sensorCountry)
+	clear(b.srcIP)
+	clear(b.srcCountry)
+	clear(b.class)
+	*b = summaryBlock{
+		binStart: b.binStart[:0], sensorID: b.sensorID[:0], sensorCountry: b.sensorCountry[:0], srcIP: b.srcIP[:0],
+		srcCountry: b.srcCountry[:0], srcASN: b.srcASN[:0], srcLabel: b.srcLabel[:0], protocol: b.protocol[:0],
+		dstPort: b.dstPort[:0], icmpType: b.icmpType[:0], icmpCode: b.icmpCode[:0], class: b.class[:0],
+		packets: b.packets[:0], bytes: b.bytes[:0], dstIPs: b.dstIPs[:0], firstSeen: b.firstSeen[:0],
+		lastSeen: b.lastSeen[:0], ttlMin: b.ttlMin[:0], ttlMax: b.ttlMax[:0], distinctPorts: b.distinctPorts[:0],
+		overflow: b.overflow[:0], fragments: b.fragments[:0], fpMirai: b.fpMirai[:0], fpZmap: b.fpZmap[:0],
+		fpMasscan: b.fpMasscan[:0], raftIndex: b.raftIndex[:0], seq: b.seq[:0], ipText: b.ipText[:0], ipEnd: b.ipEnd[:0],
+	}
+}
 
 // grow makes room for n more rows in every column.
 func (b *summaryBlock) grow(n int) {
@@ -75,9 +101,21 @@ func (b *summaryBlock) grow(n int) {
 	b.fpMasscan = slices.Grow(b.fpMasscan, n)
 	b.raftIndex = slices.Grow(b.raftIndex, n)
 	b.seq = slices.Grow(b.seq, n)
+	b.ipText = slices.Grow(b.ipText, 16*n)
+	b.ipEnd = slices.Grow(b.ipEnd, n)
 }
 
+// columns returns the block's columns in summaryColumns order.
 func (b *summaryBlock) columns() []any {
+	if len(b.srcIP) != len(b.ipEnd) {
+		text := string(b.ipText) // one allocation; the rows' strings are slices of it
+		b.srcIP = b.srcIP[:0]
+		start := int32(0)
+		for _, end := range b.ipEnd {
+			b.srcIP = append(b.srcIP, text[start:end])
+			start = end
+		}
+	}
 	return []any{
 		b.binStart, b.sensorID, b.sensorCountry, b.srcIP, b.srcCountry, b.srcASN, b.srcLabel,
 		b.protocol, b.dstPort, b.icmpType, b.icmpCode, b.class, b.packets, b.bytes, b.dstIPs,
@@ -86,19 +124,25 @@ func (b *summaryBlock) columns() []any {
 	}
 }
 
-// className maps a traffic class to its name in the class column
-// (TRAFFIC_CLASS_TCP_SYN → tcp_syn).
-var className = func() map[jasperv1.TrafficClass]string {
-	m := map[jasperv1.TrafficClass]string{}
-	for v, name := range jasperv1.TrafficClass_name {
-		m[jasperv1.TrafficClass(v)] = strings.ToLower(strings.TrimPrefix(name, "TRAFFIC_CLASS_"))
+// classNames maps a traffic class to its name in the class column
+// (TRAFFIC_CLASS_TCP_SYN → tcp_syn), indexed by the enum value.
+var classNames = func() []string {
+	maxV := int32(0)
+	for v := range jasperv1.TrafficClass_name {
+		maxV = max(maxV, v)
 	}
-	return m
+	names := make([]string, maxV+1)
+	for v, name := range jasperv1.TrafficClass_name {
+		if v >= 0 {
+			names[v] = strings.ToLower(strings.TrimPrefix(name, "TRAFFIC_CLASS_"))
+		}
+	}
+	return names
 }()
 
 func classString(c jasperv1.TrafficClass) string {
-	if s, ok := className[c]; ok {
-		return s
+	if c >= 0 && int(c) < len(classNames) && classNames[c] != "" {
+		return classNames[c]
 	}
 	return fmt.Sprintf("class_%d", int32(c))
 }
@@ -114,18 +158,20 @@ func batchRows(cb *jasperv1.CommittedBatch) int {
 // has 4 or 16 bytes.
 func checkRows(r *jasperv1.Rows) error {
 	n := len(r.GetSrcIp())
-	lens := map[string]int{
-		"protocol": len(r.GetProtocol()), "dst_port": len(r.GetDstPort()),
-		"icmp_type": len(r.GetIcmpType()), "icmp_code": len(r.GetIcmpCode()),
-		"class": len(r.GetClass()), "packets": len(r.GetPackets()), "bytes": len(r.GetBytes()),
-		"dst_ips": len(r.GetDstIps()), "first_seen_ms": len(r.GetFirstSeenMs()),
-		"last_seen_ms": len(r.GetLastSeenMs()), "ttl_min": len(r.GetTtlMin()),
-		"ttl_max": len(r.GetTtlMax()), "distinct_ports": len(r.GetDistinctPorts()),
-		"overflow": len(r.GetOverflow()), "fragments": len(r.GetFragments()),
-	}
-	for name, l := range lens {
-		if l != n && l != 0 {
-			return fmt.Errorf("column %s has %d entries, src_ip has %d", name, l, n)
+	for _, c := range [...]struct {
+		name string
+		l    int
+	}{
+		{"protocol", len(r.GetProtocol())}, {"dst_port", len(r.GetDstPort())},
+		{"icmp_type", len(r.GetIcmpType())}, {"icmp_code", len(r.GetIcmpCode())},
+		{"class", len(r.GetClass())}, {"packets", len(r.GetPackets())}, {"bytes", len(r.GetBytes())},
+		{"dst_ips", len(r.GetDstIps())}, {"first_seen_ms", len(r.GetFirstSeenMs())},
+		{"last_seen_ms", len(r.GetLastSeenMs())}, {"ttl_min", len(r.GetTtlMin())},
+		{"ttl_max", len(r.GetTtlMax())}, {"distinct_ports", len(r.GetDistinctPorts())},
+		{"overflow", len(r.GetOverflow())}, {"fragments", len(r.GetFragments())},
+	} {
+		if c.l != n && c.l != 0 {
+			return fmt.Errorf("column %s has %d entries, src_ip has %d", c.name, c.l, n)
 		}
 	}
 	for _, fp := range r.GetFingerprints() {
@@ -141,12 +187,49 @@ func checkRows(r *jasperv1.Rows) error {
 	return nil
 }
 
-func at[T any](s []T, i int) T {
-	if i < len(s) {
-		return s[i]
+// appendCol appends src (n entries) to dst, or n zeros when src does not
+// have n entries (a column the sensor left out).
+func appendCol[T any](dst, src []T, n int) []T {
+	if len(src) == n {
+		return append(dst, src...)
 	}
 	var zero T
-	return zero
+	for range n {
+		dst = append(dst, zero)
+	}
+	return dst
+}
+
+// appendSame appends v n times.
+func appendSame[T any](dst []T, v T, n int) []T {
+	for range n {
+		dst = append(dst, v)
+	}
+	return dst
+}
+
+// appendU8 appends src clamped to 255 (zeros when src does not have n
+// entries).
+func appendU8(dst []uint8, src []uint32, n int) []uint8 {
+	if len(src) != n {
+		return appendSame(dst, 0, n)
+	}
+	for _, v := range src {
+		dst = append(dst, u8(v))
+	}
+	return dst
+}
+
+// appendSeen appends bin + ms, truncated to the second, as Unix seconds
+// (ms is never negative, so truncating is flooring).
+func appendSeen(dst []int64, bin int64, ms []uint32, n int) []int64 {
+	if len(ms) != n {
+		return appendSame(dst, bin, n)
+	}
+	for _, v := range ms {
+		dst = append(dst, bin+int64(v/1000))
+	}
+	return dst
 }
 
 func u8(v uint32) uint8 {
@@ -163,13 +246,14 @@ func u16(v uint32) uint16 {
 	return uint16(v)
 }
 
-// add appends the rows of cb. The caller has run checkRows.
+// add appends the rows of cb, column by column. The caller has run
+// checkRows.
 func (b *summaryBlock) add(cb *jasperv1.CommittedBatch) {
 	batch := cb.GetBatch()
 	r := batch.GetRows()
 	n := len(r.GetSrcIp())
 	enr := cb.GetEnrichment()
-	bin := time.Unix(batch.GetBinStart(), 0).UTC()
+	bin := batch.GetBinStart()
 	var mirai, zmap, masscan []uint64
 	for _, fp := range r.GetFingerprints() {
 		switch fp.GetName() {
@@ -181,55 +265,70 @@ func (b *summaryBlock) add(cb *jasperv1.CommittedBatch) {
 			masscan = fp.GetPackets()
 		}
 	}
-	countries, asns, labels := enr.GetSrcCountry(), enr.GetSrcAsn(), enr.GetSrcLabel()
-	if len(countries) != n {
-		countries = nil
+	for _, ip := range r.GetSrcIp() {
+		addr, _ := netip.AddrFromSlice(ip)
+		b.ipText = addr.Unmap().AppendTo(b.ipText)
+		b.ipEnd = append(b.ipEnd, int32(len(b.ipText)))
 	}
-	if len(asns) != n {
-		asns = nil
-	}
-	if len(labels) != n {
-		labels = nil
-	}
-	for i := range n {
-		addr, _ := netip.AddrFromSlice(r.SrcIp[i])
-		b.binStart = append(b.binStart, bin)
-		b.sensorID = append(b.sensorID, cb.GetSensorId())
-		b.sensorCountry = append(b.sensorCountry, cb.GetSensorCountry())
-		b.srcIP = append(b.srcIP, addr.Unmap().String())
-		b.srcCountry = append(b.srcCountry, at(countries, i))
-		b.srcASN = append(b.srcASN, at(asns, i))
-		b.srcLabel = append(b.srcLabel, uint8(at(labels, i)))
-		b.protocol = append(b.protocol, u8(at(r.GetProtocol(), i)))
-		b.dstPort = append(b.dstPort, u16(at(r.GetDstPort(), i)))
-		b.icmpType = append(b.icmpType, u8(at(r.GetIcmpType(), i)))
-		b.icmpCode = append(b.icmpCode, u8(at(r.GetIcmpCode(), i)))
-		b.class = append(b.class, classString(at(r.GetClass(), i)))
-		b.packets = append(b.packets, at(r.GetPackets(), i))
-		b.bytes = append(b.bytes, at(r.GetBytes(), i))
-		b.dstIPs = append(b.dstIPs, at(r.GetDstIps(), i))
-		b.firstSeen = append(b.firstSeen, bin.Add(time.Duration(at(r.GetFirstSeenMs(), i))*time.Millisecond).Truncate(time.Second))
-		b.lastSeen = append(b.lastSeen, bin.Add(time.Duration(at(r.GetLastSeenMs(), i))*time.Millisecond).Truncate(time.Second))
-		b.ttlMin = append(b.ttlMin, u8(at(r.GetTtlMin(), i)))
-		b.ttlMax = append(b.ttlMax, u8(at(r.GetTtlMax(), i)))
-		b.distinctPorts = append(b.distinctPorts, at(r.GetDistinctPorts(), i))
-		var ov uint8
-		if at(r.GetOverflow(), i) {
-			ov = 1
+	b.binStart = appendSame(b.binStart, bin, n)
+	b.sensorID = appendSame(b.sensorID, cb.GetSensorId(), n)
+	b.sensorCountry = appendSame(b.sensorCountry, cb.GetSensorCountry(), n)
+	b.srcCountry = appendCol(b.srcCountry, enr.GetSrcCountry(), n)
+	b.srcASN = appendCol(b.srcASN, enr.GetSrcAsn(), n)
+	if labels := enr.GetSrcLabel(); len(labels) == n {
+		for _, l := range labels {
+			b.srcLabel = append(b.srcLabel, uint8(l))
 		}
-		b.overflow = append(b.overflow, ov)
-		b.fragments = append(b.fragments, at(r.GetFragments(), i))
-		b.fpMirai = append(b.fpMirai, at(mirai, i))
-		b.fpZmap = append(b.fpZmap, at(zmap, i))
-		b.fpMasscan = append(b.fpMasscan, at(masscan, i))
-		b.raftIndex = append(b.raftIndex, cb.GetRaftIndex())
-		b.seq = append(b.seq, batch.GetSequence())
+	} else {
+		b.srcLabel = appendSame(b.srcLabel, 0, n)
 	}
+	b.protocol = appendU8(b.protocol, r.GetProtocol(), n)
+	if ports := r.GetDstPort(); len(ports) == n {
+		for _, p := range ports {
+			b.dstPort = append(b.dstPort, u16(p))
+		}
+	} else {
+		b.dstPort = appendSame(b.dstPort, 0, n)
+	}
+	b.icmpType = appendU8(b.icmpType, r.GetIcmpType(), n)
+	b.icmpCode = appendU8(b.icmpCode, r.GetIcmpCode(), n)
+	if classes := r.GetClass(); len(classes) == n {
+		for _, c := range classes {
+			b.class = append(b.class, classString(c))
+		}
+	} else {
+		b.class = appendSame(b.class, classString(0), n)
+	}
+	b.packets = appendCol(b.packets, r.GetPackets(), n)
+	b.bytes = appendCol(b.bytes, r.GetBytes(), n)
+	b.dstIPs = appendCol(b.dstIPs, r.GetDstIps(), n)
+	b.firstSeen = appendSeen(b.firstSeen, bin, r.GetFirstSeenMs(), n)
+	b.lastSeen = appendSeen(b.lastSeen, bin, r.GetLastSeenMs(), n)
+	b.ttlMin = appendU8(b.ttlMin, r.GetTtlMin(), n)
+	b.ttlMax = appendU8(b.ttlMax, r.GetTtlMax(), n)
+	b.distinctPorts = appendCol(b.distinctPorts, r.GetDistinctPorts(), n)
+	if ov := r.GetOverflow(); len(ov) == n {
+		for _, o := range ov {
+			var v uint8
+			if o {
+				v = 1
+			}
+			b.overflow = append(b.overflow, v)
+		}
+	} else {
+		b.overflow = appendSame(b.overflow, 0, n)
+	}
+	b.fragments = appendCol(b.fragments, r.GetFragments(), n)
+	b.fpMirai = appendCol(b.fpMirai, mirai, n)
+	b.fpZmap = appendCol(b.fpZmap, zmap, n)
+	b.fpMasscan = appendCol(b.fpMasscan, masscan, n)
+	b.raftIndex = appendSame(b.raftIndex, cb.GetRaftIndex(), n)
+	b.seq = appendSame(b.seq, batch.GetSequence(), n)
 }
 
 // statsBlock holds sensor_stats rows (one per batch) in statsColumns order.
 type statsBlock struct {
-	binStart          []time.Time
+	binStart          []int64 // Unix seconds
 	sensorID          []string
 	sensorCountry     []string
 	binSeconds        []uint32
@@ -265,7 +364,7 @@ func (b *statsBlock) columns() []any {
 func (b *statsBlock) add(cb *jasperv1.CommittedBatch, rows int) {
 	batch := cb.GetBatch()
 	st := batch.GetStats()
-	b.binStart = append(b.binStart, time.Unix(batch.GetBinStart(), 0).UTC())
+	b.binStart = append(b.binStart, batch.GetBinStart())
 	b.sensorID = append(b.sensorID, cb.GetSensorId())
 	b.sensorCountry = append(b.sensorCountry, cb.GetSensorCountry())
 	b.binSeconds = append(b.binSeconds, batch.GetBinSeconds())
