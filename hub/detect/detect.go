@@ -94,6 +94,13 @@ type Detector struct {
 	touched []*subject
 	victims []*subject
 	binGen  uint64 // transient: the last openBin.gen given out
+	// Transient, per batch: the host of the previous scan-like row (a
+	// run of rows of one source needs one lookup), the row being read,
+	// and whether d.touched needs sorting back into first-touch order.
+	lastHost    *subject
+	rowIdx      int32
+	maxFirst    int32
+	touchedSort bool
 }
 
 // state is everything replicated.
@@ -276,6 +283,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	sensor := cb.GetSensorId()
 	d.epoch++
 	d.touched, d.victims = d.touched[:0], d.victims[:0]
+	d.lastHost, d.maxFirst, d.touchedSort = nil, -1, false
 	// Columns at full length (ingest validated them); short ones read as
 	// zeros.
 	full := func(c []uint32) []uint32 {
@@ -289,6 +297,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	dsts, dports, firsts, lasts := full(rows.DstIps), full(rows.DistinctPorts), full(rows.FirstSeenMs), full(rows.LastSeenMs)
 	var r row
 	for i := range n {
+		d.rowIdx = int32(i)
 		addr, ok := netip.AddrFromSlice(rows.SrcIp[i])
 		if !ok {
 			st.stats.BadRows++
@@ -347,6 +356,9 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 			st.stats.LateRows++
 		}
 	}
+	if d.touchedSort {
+		slices.SortFunc(d.touched, func(a, b *subject) int { return int(a.firstRow) - int(b.firstRow) })
+	}
 	for _, h := range d.touched {
 		d.judgeHost(index, h, ob, sensor)
 	}
@@ -367,13 +379,20 @@ func mod(a, b int64) int64 {
 // infectedRow adds a scan-like row to its host and returns the host.
 func (d *Detector) infectedRow(r *row, sensor string) *subject {
 	st := d.st
-	h, created := st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
-	if created {
-		st.stats.HostsEvicted = st.hosts.evicted
-		// A host evicted while its finding stayed open comes back to it.
-		if of := st.open[subjectKey("ih|", &r.key)]; of != nil {
-			h.finding = of.f.Id
+	h := d.lastHost
+	if h == nil || h.key != r.key {
+		// (A run of rows of one source: the host is already the most
+		// recent, nothing touched the list since.)
+		var created bool
+		h, created = st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
+		if created {
+			st.stats.HostsEvicted = st.hosts.evicted
+			// A host evicted while its finding stayed open comes back to it.
+			if of := st.open[subjectKey("ih|", &r.key)]; of != nil {
+				h.finding = of.f.Id
+			}
 		}
+		d.lastHost = h
 	}
 	if h.finding == "" && h.ev.packets > 0 && r.t0 > h.winStart+d.cfg.Infected.Window.Milliseconds() {
 		h.ev.reset() // the window expired without reaching the thresholds
@@ -385,6 +404,18 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 	h.country, h.asn = r.country, r.asn
 	if h.epoch != d.epoch {
 		h.epoch = d.epoch
+		h.firstRow = d.rowIdx
+	}
+	// Judge the host after the batch if judging can change anything: it
+	// has a finding, or has the packets, or a fingerprint. The others
+	// (most sources of a batch: one row, a few packets) are skipped; the
+	// list keeps the order of first touch in the batch.
+	if h.judgeEpoch != d.epoch && (h.finding != "" || h.ev.packets >= d.cfg.Infected.MinPackets || len(h.ev.fps) > 0) {
+		h.judgeEpoch = d.epoch
+		if h.firstRow < d.maxFirst {
+			d.touchedSort = true
+		}
+		d.maxFirst = max(d.maxFirst, h.firstRow)
 		d.touched = append(d.touched, h)
 	}
 	return h

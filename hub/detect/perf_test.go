@@ -152,3 +152,28 @@ func TestCloneFindingCopiesEveryField(t *testing.T) {
 		t.Fatalf("empty finding cloned as %v", e)
 	}
 }
+
+// TestJudgeOrderIsFirstTouch: hosts are judged in the order of their first
+// row in the batch, also when a host's threshold is only reached by a
+// later row (such a host is queued late and sorted back), so findings of
+// one batch are raised and announced in the same order as when every
+// touched host was judged.
+func TestJudgeOrderIsFirstTouch(t *testing.T) {
+	d := mustNew(t, DefaultConfig())
+	f := newFeed(t, d)
+	f.send(f.batch("s1", t0.Unix(),
+		r{src: "45.0.0.1", port: 23, packets: 1},                         // A: first touch, below the thresholds
+		r{src: "45.0.0.2", port: 23, fps: map[string]uint64{"mirai": 1}}, // B: fires on its first row
+		r{src: "45.0.0.3", port: 23, packets: 2},                         // C: below
+		r{src: "45.0.0.3", port: 80, packets: 10, dsts: 4},               // C crosses
+		r{src: "45.0.0.1", port: 22, packets: 10, dsts: 4},               // A crosses
+	))
+	var got []string
+	for _, x := range f.found {
+		got = append(got, fmt.Sprint(x.SrcIp))
+	}
+	want := []string{"[45 0 0 1]", "[45 0 0 2]", "[45 0 0 3]"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("findings announced in order %v, want %v", got, want)
+	}
+}

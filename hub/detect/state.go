@@ -222,6 +222,9 @@ type subject struct {
 	asn       uint32
 	finding   string // id of the open finding, if any
 	epoch     uint64 // transient: last batch that touched it
+	firstRow  int32  // transient: its first row in that batch
+	// judgeEpoch is the last batch that queued it for judging (transient).
+	judgeEpoch uint64
 	// of caches the open finding named by finding (transient: checked
 	// against finding and the state before use, never snapshotted).
 	of *openFinding
