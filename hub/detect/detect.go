@@ -400,7 +400,7 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 	if h.ev.packets == 0 {
 		h.winStart = r.t0
 	}
-	h.ev.addRow(r, sensor)
+	h.ev.addRow(r, sensor, d.epoch)
 	h.country, h.asn = r.country, r.asn
 	if h.epoch != d.epoch {
 		h.epoch = d.epoch
@@ -527,7 +527,7 @@ func (d *Detector) dosRow(r *row, sensor string) {
 		v.ev.reset()
 		v.minutes, v.maxMinute = nil, 0
 	}
-	v.ev.addRow(r, sensor)
+	v.ev.addRow(r, sensor, d.epoch)
 	// Packets of a row are spread between its first and last packet;
 	// attribute them to the minutes they span, evenly.
 	m0, m1 := r.t0/60000, r.t1/60000

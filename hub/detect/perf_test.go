@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -175,5 +176,38 @@ func TestJudgeOrderIsFirstTouch(t *testing.T) {
 	want := []string{"[45 0 0 1]", "[45 0 0 2]", "[45 0 0 3]"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("findings announced in order %v, want %v", got, want)
+	}
+}
+
+// TestRowsOfOneSourceInABatch: the batch's later rows of a source reuse
+// the (sensor, bin) slot found for its first row, also after the window
+// restarts in the middle of the batch; other sensors' batches get slots
+// of their own.
+func TestRowsOfOneSourceInABatch(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.Window = time.Second
+	cfg.Infected.MinPackets, cfg.Infected.MinDstIPs, cfg.Infected.MinPorts = 6, 5, 0
+	d := mustNew(t, cfg)
+	f := newFeed(t, d)
+	f.send(f.batch("s1", t0.Unix(),
+		r{src: "45.0.0.9", port: 23, packets: 3, dsts: 2, first: 0},
+		r{src: "45.0.0.9", port: 24, packets: 2, dsts: 4, first: 100},
+		// 5 s later: the 1 s window expired; counts restart here.
+		r{src: "45.0.0.9", port: 25, packets: 2, dsts: 1, first: 5000},
+		r{src: "45.0.0.9", port: 26, packets: 2, dsts: 3, first: 5100},
+	))
+	if len(f.found) != 0 {
+		t.Fatalf("finding after the window restart: %v", f.found)
+	}
+	// Another sensor, same bin: a slot of its own (3 + 2 addresses).
+	f.send(f.batch("s2", t0.Unix(),
+		r{src: "45.0.0.9", port: 27, packets: 1, dsts: 1, first: 5200},
+		r{src: "45.0.0.9", port: 28, packets: 1, dsts: 2, first: 5300},
+	))
+	if len(f.found) != 1 || f.found[0].Packets != 6 || f.found[0].DstIps != 5 {
+		t.Fatalf("findings %v; want one with 6 packets to 5 addresses", f.found)
+	}
+	if got := fmt.Sprint(f.found[0].Sensors); got != "[s1 s2]" {
+		t.Fatalf("sensors %s", got)
 	}
 }

@@ -34,11 +34,12 @@ type dstEst struct {
 	slots   []dstSlot
 }
 
-func (e *dstEst) add(sensor string, bin int64, n uint32) {
+// add counts n for (sensor, bin) and returns the slot's index.
+func (e *dstEst) add(sensor string, bin int64, n uint32) int {
 	for i := range e.slots {
 		if e.slots[i].bin == bin && e.slots[i].sensor == sensor {
 			e.slots[i].max = max(e.slots[i].max, n)
-			return
+			return i
 		}
 	}
 	if len(e.slots) == maxDstSlots {
@@ -47,6 +48,7 @@ func (e *dstEst) add(sensor string, bin int64, n uint32) {
 		e.slots = e.slots[:maxDstSlots-1]
 	}
 	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, max: n})
+	return len(e.slots) - 1
 }
 
 func (e *dstEst) total() uint64 {
@@ -93,6 +95,12 @@ type evidence struct {
 	classes        uint32   // bit per TrafficClass
 	fps            []fpCount
 	sensors        []string // sorted, at most maxSensorsKept
+	// batch and slot (transient, cleared with the evidence): in batch
+	// number batch (Detector.epoch) the (sensor, bin) of the batch is
+	// dst.slots[slot] and the sensor is in sensors (or sensors is full),
+	// so the batch's next rows of the source skip both searches.
+	batch uint64
+	slot  int
 }
 
 type fpCount struct {
@@ -102,14 +110,23 @@ type fpCount struct {
 
 func (ev *evidence) reset() { *ev = evidence{} }
 
-func (ev *evidence) addRow(r *row, sensor string) {
+// addRow adds a row of batch number batch (Detector.epoch; 0: none), from
+// sensor.
+func (ev *evidence) addRow(r *row, sensor string, batch uint64) {
 	if ev.packets == 0 || r.t0 < ev.first {
 		ev.first = r.t0
 	}
 	ev.last = max(ev.last, r.t1)
 	ev.packets += r.packets
 	ev.bytes += r.bytes
-	ev.dst.add(sensor, r.bin, r.dstIPs)
+	// Every row of a batch has the batch's sensor and bin.
+	known := batch != 0 && ev.batch == batch
+	if known {
+		s := &ev.dst.slots[ev.slot]
+		s.max = max(s.max, r.dstIPs)
+	} else {
+		ev.slot = ev.dst.add(sensor, r.bin, r.dstIPs)
+	}
 	if r.overflow {
 		ev.portsEst += uint64(r.distinctPorts)
 	} else if r.portKnown {
@@ -130,8 +147,11 @@ func (ev *evidence) addRow(r *row, sensor string) {
 			ev.fps = slices.Insert(ev.fps, i, fpCount{fp.name, fp.n})
 		}
 	}
-	if i, found := slices.BinarySearch(ev.sensors, sensor); !found && len(ev.sensors) < maxSensorsKept {
-		ev.sensors = slices.Insert(ev.sensors, i, sensor)
+	if !known {
+		if i, found := slices.BinarySearch(ev.sensors, sensor); !found && len(ev.sensors) < maxSensorsKept {
+			ev.sensors = slices.Insert(ev.sensors, i, sensor)
+		}
+		ev.batch = batch
 	}
 }
 
