@@ -55,6 +55,8 @@ type fsm struct {
 	pending      []*jasperv1.CommittedBatch // raft index order
 	pendingRows  uint64
 
+	dec batchesDecoder // guarded by mu
+
 	// The state hash is costly (it encodes the whole state, modules
 	// included), and status polls ask for it often: it is computed at most
 	// once per applied index. Not replicated state: only a cache of a pure
@@ -131,11 +133,11 @@ func (f *fsm) applyCommand(index uint64, data []byte) any {
 	}
 	switch cmd.Type {
 	case jasperv1.CommandType_COMMAND_TYPE_BATCHES:
-		var c jasperv1.BatchesCommand
-		if err := proto.Unmarshal(cmd.Payload, &c); err != nil {
+		c, err := f.dec.decodeBatches(cmd.Payload)
+		if err != nil {
 			return fmt.Errorf("%w: batches: %v", ErrBadCommand, err)
 		}
-		return f.applyBatches(index, &c)
+		return f.applyBatches(index, c)
 	case jasperv1.CommandType_COMMAND_TYPE_TICK:
 		var c jasperv1.TickCommand
 		if err := proto.Unmarshal(cmd.Payload, &c); err != nil {
