@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -157,6 +158,18 @@ func BenchmarkOnBatchE2EGeo(b *testing.B) { benchOnBatch(b, e2eLog(true)) }
 // BenchmarkOnBatchDarknet: a realistic darknet mix over the whole default
 // window (fullWindow's 288 bins of 4,000 rows).
 func BenchmarkOnBatchDarknet(b *testing.B) { benchOnBatch(b, darknetLog(4000)) }
+
+// BenchmarkGCFullWindow is the garbage collector's cost of a full
+// window's state: one forced collection with a fullWindow module live (the
+// state's pointers are what the collector marks every cycle).
+func BenchmarkGCFullWindow(b *testing.B) {
+	m := fullWindow(b, 4000)
+	runtime.GC()
+	for b.Loop() {
+		runtime.GC()
+	}
+	runtime.KeepAlive(m)
+}
 
 func BenchmarkQueriesFullWindow(b *testing.B) {
 	m := fullWindow(b, 4000)
