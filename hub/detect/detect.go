@@ -98,6 +98,10 @@ type Detector struct {
 	// run of rows of one source needs one lookup), the row being read,
 	// and whether d.touched needs sorting back into first-touch order.
 	lastHost    *subject
+	hostHint    []int32 // per row of the batch: its host's entry, or -1
+	recent      *[1 << recentBits]recentHost
+	sensors     map[string]string // see intern
+	sink        int64             // keeps the look-ahead loads
 	rowIdx      int32
 	maxFirst    int32
 	touchedSort bool
@@ -146,6 +150,7 @@ func New(cfg Config, deps Deps) (*Detector, error) {
 		fpInst: map[string]bool{},
 		binMs:  cfg.Bin.Milliseconds(),
 		st:     newState(),
+		recent: new([1 << recentBits]recentHost),
 	}
 	for _, f := range cfg.Infected.Fingerprints {
 		d.fpInst[f] = true
@@ -192,7 +197,6 @@ func (d *Detector) flush() {
 
 // row is one summary row, decoded for the detectors.
 type row struct {
-	addr          netip.Addr
 	key           addrKey
 	proto         uint8
 	port          uint32
@@ -280,7 +284,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 			fpCols = append(fpCols, c)
 		}
 	}
-	sensor := cb.GetSensorId()
+	sensor := d.intern(cb.GetSensorId())
 	d.epoch++
 	d.touched, d.victims = d.touched[:0], d.victims[:0]
 	d.lastHost, d.maxFirst, d.touchedSort = nil, -1, false
@@ -295,17 +299,24 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	}
 	protos, ports, icmpTypes := full(rows.Protocol), full(rows.DstPort), full(rows.IcmpType)
 	dsts, dports, firsts, lasts := full(rows.DstIps), full(rows.DistinctPorts), full(rows.FirstSeenMs), full(rows.LastSeenMs)
+	if d.cfg.Infected.Enabled {
+		d.lookAhead(rows.SrcIp)
+	}
 	var r row
 	for i := range n {
 		d.rowIdx = int32(i)
-		addr, ok := netip.AddrFromSlice(rows.SrcIp[i])
-		if !ok {
+		// The key is the address's 16 bytes, IPv4 mapped into IPv6
+		// (netip's As16 of the unmapped address).
+		switch b := rows.SrcIp[i]; len(b) {
+		case 4:
+			r.key = v4Key(b)
+		case 16:
+			r.key = addrKey(b)
+		default:
 			st.stats.BadRows++
 			continue
 		}
-		addr = addr.Unmap()
 		// Field by field: a struct literal costs a copy of the whole row.
-		r.addr, r.key = addr, addrKey(addr.As16())
 		r.proto, r.port, r.icmpType = uint8(protos[i]), ports[i], icmpTypes[i]
 		r.class = col(rows.Class, i)
 		r.packets, r.bytes = col(rows.Packets, i), col(rows.Bytes, i)
@@ -320,7 +331,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 		}
 		if en != nil {
 			r.label, r.country, r.asn = en.SrcLabel[i], col(en.SrcCountry, i), col(en.SrcAsn, i)
-		} else if enrich.IsBogon(addr) {
+		} else if enrich.IsBogon(netip.AddrFrom16(r.key).Unmap()) {
 			r.label = jasperv1.SourceLabel_SOURCE_LABEL_BOGON
 		}
 		for _, c := range fpCols {
@@ -376,6 +387,74 @@ func mod(a, b int64) int64 {
 	return m
 }
 
+// recentHost is a slot of the look-ahead's cache of IPv4 hosts: entry e-1
+// held key v when it was filled (transient; 0: empty).
+type recentHost struct {
+	v uint32
+	e int32
+}
+
+const recentBits = 12
+
+// intern returns the detector's copy of a sensor id, so that the ids kept
+// in evidence share memory and compare equal at their first byte (the
+// string comparison checks the pointers first). Transient; the table is
+// dropped when it reaches 4,096 ids.
+func (d *Detector) intern(s string) string {
+	if c, ok := d.sensors[s]; ok {
+		return c
+	}
+	if d.sensors == nil || len(d.sensors) >= 4096 {
+		d.sensors = map[string]string{}
+	}
+	d.sensors[s] = s
+	return s
+}
+
+// v4Key is the key of a 4-byte address.
+func v4Key(b []byte) addrKey {
+	return addrKey{10: 0xff, 11: 0xff, 12: b[0], 13: b[1], 14: b[2], 15: b[3]}
+}
+
+// lookAhead finds the tracked hosts of a batch's sources before the rows
+// are read, in a loop of independent lookups (the memory loads of many
+// rows overlap instead of one row's waiting for the next), and loads
+// each host and its open finding on the way. Nothing changes: the rows
+// then check each hint (the entry may have been evicted meanwhile).
+func (d *Detector) lookAhead(srcs [][]byte) {
+	c := &d.st.hosts
+	hint := d.hostHint[:0]
+	var sink int64
+	for _, b := range srcs {
+		e := int32(-1)
+		switch len(b) {
+		case 4:
+			v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+			// The recent-hosts cache first (a hint too: checked below and
+			// by the row), then the index.
+			slot := &d.recent[(v*0x9e3779b1)>>(32-recentBits)]
+			if slot.v == v && slot.e > 0 {
+				e = slot.e - 1
+			} else if x, ok := c.m4[v]; ok {
+				e = x
+				*slot = recentHost{v: v, e: x + 1}
+			}
+		case 16:
+			e = c.lookup(addrKey(b))
+		}
+		if e >= 0 && int(e) < len(c.links) {
+			h := c.at(e)
+			sink += h.ev.last
+			if h.of != nil {
+				sink += h.of.f.UpdatedAtMs
+			}
+		}
+		hint = append(hint, e)
+	}
+	d.hostHint = hint
+	d.sink += sink
+}
+
 // infectedRow adds a scan-like row to its host and returns the host.
 func (d *Detector) infectedRow(r *row, sensor string) *subject {
 	st := d.st
@@ -384,7 +463,11 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 		// (A run of rows of one source: the host is already the most
 		// recent, nothing touched the list since.)
 		var created bool
-		h, created = st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
+		if e := d.hostHint[d.rowIdx]; e >= 0 && st.hosts.holds(e, &r.key) {
+			h = st.hosts.touchEntry(e)
+		} else {
+			h, created = st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
+		}
 		if created {
 			st.stats.HostsEvicted = st.hosts.evicted
 			// A host evicted while its finding stayed open comes back to it.
@@ -930,6 +1013,7 @@ func (d *Detector) Restore(r io.Reader) error {
 	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
 		d.mu.Lock()
 		d.st = newState()
+		clear(d.recent[:])
 		d.mu.Unlock()
 		return nil
 	}
@@ -940,6 +1024,7 @@ func (d *Detector) Restore(r io.Reader) error {
 	d.mu.Lock()
 	d.st = st
 	d.epoch = 0
+	clear(d.recent[:])
 	for _, b := range st.bins {
 		d.binGen++
 		b.gen = d.binGen

@@ -211,3 +211,63 @@ func TestRowsOfOneSourceInABatch(t *testing.T) {
 		t.Fatalf("sensors %s", got)
 	}
 }
+
+// TestLookAheadHintsGoStale: the hosts looked up before a batch's rows are
+// read may be evicted by the batch's own new hosts, and the recent-hosts
+// cache may name entries of a state replaced by Restore; both are hints,
+// checked before use.
+func TestLookAheadHintsGoStale(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.MaxHosts = 2
+	d := mustNew(t, cfg)
+	f := newFeed(t, d)
+	f.send(f.batch("s1", t0.Unix(), r{src: "45.0.0.1", port: 23}))
+	f.send(f.batch("s1", t0.Unix(), r{src: "45.0.0.1", port: 23}, r{src: "45.0.0.2", port: 23},
+		r{src: "45.0.0.3", port: 23}, r{src: "45.0.0.1", port: 23, packets: 2}))
+	hosts, _ := d.Tracked()
+	if st := d.Stats(); hosts != 2 || st.HostsEvicted != 2 {
+		t.Fatalf("tracked %d, evicted %d; want 2 and 2 (45.0.0.1 evicted by .3, back, evicting .2)", hosts, st.HostsEvicted)
+	}
+	if h := d.st.hosts.get(v4Key([]byte{45, 0, 0, 1})); h == nil || h.ev.packets != 2 {
+		t.Fatalf("45.0.0.1 is %+v; want a new host with the 2 packets of its last row", h)
+	}
+	f.send(f.batch("s1", t0.Unix(), r{src: "45.0.0.3", port: 23}))
+	if st := d.Stats(); st.HostsEvicted != 2 {
+		t.Fatalf("45.0.0.3 was evicted: %d", st.HostsEvicted)
+	}
+
+	// Many hosts fill the cache with high entry numbers; then a small
+	// state is restored and the same sources come again.
+	small := mustNew(t, DefaultConfig())
+	fs := newFeed(t, small)
+	fs.send(fs.batch("s1", t0.Unix(), r{src: "45.0.0.7", port: 23}))
+	var snap bytes.Buffer
+	if err := small.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	big := mustNew(t, DefaultConfig())
+	fb := newFeed(t, big)
+	var rows []r
+	for i := range 3000 {
+		rows = append(rows, r{src: fmt.Sprintf("45.0.%d.%d", i/250, i%250+1), port: 23})
+	}
+	fb.send(fb.batch("s1", t0.Unix(), rows...))
+	if err := big.Restore(bytes.NewReader(snap.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	fs.index = 100
+	fb.index = 100
+	next := fs.batch("s1", t0.Unix(), rows[2000:2100]...)
+	fs.send(next)
+	fb.send(next)
+	var a, b bytes.Buffer
+	if err := small.Snapshot(&a); err != nil {
+		t.Fatal(err)
+	}
+	if err := big.Snapshot(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("a restored detector diverged from the one it was restored from")
+	}
+}

@@ -148,7 +148,10 @@ func (ev *evidence) addRow(r *row, sensor string, batch uint64) {
 		}
 	}
 	if !known {
-		if i, found := slices.BinarySearch(ev.sensors, sensor); !found && len(ev.sensors) < maxSensorsKept {
+		// Interned ids compare by pointer: a scan of the few kept is
+		// cheaper than a binary search of string comparisons.
+		if !slices.Contains(ev.sensors, sensor) && len(ev.sensors) < maxSensorsKept {
+			i, _ := slices.BinarySearch(ev.sensors, sensor)
 			ev.sensors = slices.Insert(ev.sensors, i, sensor)
 		}
 		ev.batch = batch
@@ -341,8 +344,11 @@ type lru struct {
 	evicted uint64
 }
 
-// lruLink is an entry's neighbours in recency order (-1: none).
+// lruLink is an entry's neighbours in recency order (-1: none; prev
+// lruFree: the entry is free).
 type lruLink struct{ prev, next int32 }
+
+const lruFree = -2
 
 const lruPage = 256
 
@@ -444,6 +450,7 @@ func (c *lru) alloc() int32 {
 // release frees entry e (already unlinked and out of the index).
 func (c *lru) release(e int32) {
 	c.at(e).clear(addrKey{})
+	c.links[e] = lruLink{prev: lruFree, next: lruFree}
 	c.free = append(c.free, e)
 	c.n--
 }
@@ -455,16 +462,26 @@ func (s *subject) clear(k addrKey) {
 	s.ev.ports, s.ev.fps, s.ev.sensors, s.ev.dst.slots = ev.ports[:0], ev.fps[:0], ev.sensors[:0], ev.dst.slots[:0]
 }
 
+// holds reports whether entry e is in use and holds key k.
+func (c *lru) holds(e int32, k *addrKey) bool {
+	return int(e) < len(c.links) && c.links[e].prev != lruFree && c.at(e).key == *k
+}
+
+// touchEntry marks entry e (in use) most recent and returns its subject.
+func (c *lru) touchEntry(e int32) *subject {
+	if e != c.head {
+		c.unlink(e)
+		c.pushFront(e)
+	}
+	return c.at(e)
+}
+
 // touch returns the subject for k, created if needed, and marks it most
 // recent. At capacity the least recent subject is evicted and its memory
 // reused.
 func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
 	if e := c.lookup(k); e >= 0 {
-		if e != c.head {
-			c.unlink(e)
-			c.pushFront(e)
-		}
-		return c.at(e), false
+		return c.touchEntry(e), false
 	}
 	for c.n > capacity {
 		old := c.tail
