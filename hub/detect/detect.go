@@ -471,8 +471,11 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 		if created {
 			st.stats.HostsEvicted = st.hosts.evicted
 			// A host evicted while its finding stayed open comes back to it.
-			if of := st.open[subjectKey("ih|", &r.key)]; of != nil {
-				h.finding = of.f.Id
+			if st.hosts.orphans > 0 {
+				if of := st.open[subjectKey("ih|", &r.key)]; of != nil {
+					h.finding = of.f.Id
+					st.hosts.orphans--
+				}
 			}
 		}
 		d.lastHost = h
@@ -601,8 +604,11 @@ func (d *Detector) dosRow(r *row, sensor string) {
 	v, created := st.victims.touch(r.key, d.cfg.DoS.MaxVictims)
 	if created {
 		st.stats.VictimsEvicted = st.victims.evicted
-		if of := st.open[subjectKey("dv|", &r.key)]; of != nil {
-			v.finding = of.f.Id
+		if st.victims.orphans > 0 {
+			if of := st.open[subjectKey("dv|", &r.key)]; of != nil {
+				v.finding = of.f.Id
+				st.victims.orphans--
+			}
 		}
 	}
 	if v.ev.packets > 0 && r.t0 > v.ev.last+d.cfg.DoS.FlowTimeout.Milliseconds() {
@@ -751,6 +757,8 @@ func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
 			h.ev.fill(f)
 			h.finding = ""
 			h.ev.reset()
+		} else if h == nil && st.hosts.orphans > 0 {
+			st.hosts.orphans--
 		}
 	case jasperv1.FindingType_FINDING_TYPE_DOS_VICTIM:
 		if v := st.victims.get(k); v != nil && v.finding == f.Id {
@@ -758,6 +766,8 @@ func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
 			v.finding = ""
 			v.ev.reset()
 			v.minutes, v.maxMinute = nil, 0
+		} else if v == nil && st.victims.orphans > 0 {
+			st.victims.orphans--
 		}
 	}
 	d.pending = append(d.pending, cloneFinding(f))
@@ -1081,5 +1091,31 @@ func decodeState(r *bufio.Reader) (*state, error) {
 	if dc.err != nil {
 		return nil, dc.err
 	}
+	st.countOrphans()
 	return st, nil
+}
+
+// countOrphans sets the hosts' and victims' orphans: the open findings of
+// a subject that is not held.
+func (st *state) countOrphans() {
+	st.hosts.orphans, st.victims.orphans = 0, 0
+	for _, of := range st.open {
+		f := of.f
+		var c *lru
+		switch f.Type {
+		case jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST:
+			c = &st.hosts
+		case jasperv1.FindingType_FINDING_TYPE_DOS_VICTIM:
+			c = &st.victims
+		default:
+			continue
+		}
+		var k addrKey
+		if a, ok := netip.AddrFromSlice(f.SrcIp); ok {
+			k = addrKey(a.Unmap().As16())
+		}
+		if c.get(k) == nil {
+			c.orphans++
+		}
+	}
 }

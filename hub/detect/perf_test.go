@@ -271,3 +271,70 @@ func TestLookAheadHintsGoStale(t *testing.T) {
 		t.Fatal("a restored detector diverged from the one it was restored from")
 	}
 }
+
+// TestOrphanedFindingsAfterRestore: a host (and a DoS victim) evicted
+// while its finding stays open comes back to that finding, also when the
+// eviction happened before a snapshot that another detector restored;
+// and a finding that ended while its host was away leaves no orphan.
+func TestOrphanedFindingsAfterRestore(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.MaxHosts, cfg.DoS.MaxVictims = 2, 1
+	for _, restore := range []bool{false, true} {
+		d := mustNew(t, cfg)
+		f := newFeed(t, d)
+		bin := t0.Unix()
+		f.send(f.batch("s1", bin, r{src: "45.0.0.1", port: 23, fps: map[string]uint64{"mirai": 1}}))
+		syn := jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYNACK
+		var dos []r
+		for i := range 5 {
+			dos = append(dos, r{src: "93.0.0.1", port: 80, class: syn, packets: 40, first: uint32(i * 15000), last: uint32(i*15000 + 14000)})
+		}
+		f.send(f.batch("s1", bin, dos...))
+		if len(f.found) != 2 {
+			t.Fatalf("findings %v", f.found)
+		}
+		f.send(f.batch("s1", bin, r{src: "45.0.0.2", port: 23}, r{src: "45.0.0.3", port: 23},
+			r{src: "93.0.0.2", port: 80, class: syn}))
+		if d.st.hosts.orphans != 1 || d.st.victims.orphans != 1 {
+			t.Fatalf("orphans %d %d, want 1 1", d.st.hosts.orphans, d.st.victims.orphans)
+		}
+		if restore {
+			var buf bytes.Buffer
+			if err := d.Snapshot(&buf); err != nil {
+				t.Fatal(err)
+			}
+			d2 := mustNew(t, cfg)
+			if err := d2.Restore(&buf); err != nil {
+				t.Fatal(err)
+			}
+			if d2.st.hosts.orphans != 1 || d2.st.victims.orphans != 1 {
+				t.Fatalf("restored orphans %d %d, want 1 1", d2.st.hosts.orphans, d2.st.victims.orphans)
+			}
+			f2 := newFeed(t, d2)
+			f2.index = f.index
+			d, f = d2, f2
+		}
+		f.send(f.batch("s1", bin+600, r{src: "45.0.0.1", port: 23, packets: 3},
+			r{src: "93.0.0.1", port: 80, class: syn, packets: 5}))
+		open := d.Findings(Filter{States: []jasperv1.FindingState{jasperv1.FindingState_FINDING_STATE_NEW, jasperv1.FindingState_FINDING_STATE_CONTINUING}})
+		if len(open) != 2 || d.st.hosts.orphans != 0 || d.st.victims.orphans != 0 {
+			t.Fatalf("restore %v: open %v, orphans %d %d", restore, open, d.st.hosts.orphans, d.st.victims.orphans)
+		}
+		for _, x := range open {
+			// (Counts restart with the subject; the finding is the old one.)
+			if x.State != jasperv1.FindingState_FINDING_STATE_CONTINUING || x.DetectedAtMs >= (bin+600)*1000 {
+				t.Errorf("restore %v: the returning subject opened a new finding: %v", restore, x)
+			}
+		}
+		// Evicted again, then ended by the quiet period while away: no
+		// orphan left.
+		f.send(f.batch("s1", bin+600, r{src: "45.0.0.2", port: 23}, r{src: "45.0.0.3", port: 23}))
+		if d.st.hosts.orphans != 1 {
+			t.Fatalf("orphans %d after the second eviction", d.st.hosts.orphans)
+		}
+		f.tick(time.Unix(bin+600+31*60, 0))
+		if d.st.hosts.orphans != 0 {
+			t.Fatalf("orphans %d after the finding ended", d.st.hosts.orphans)
+		}
+	}
+}

@@ -342,6 +342,11 @@ type lru struct {
 	free    []int32   // entries not in use
 	n       int
 	evicted uint64
+	// orphans bounds from above the open findings whose subject is not
+	// held (evicted with its finding open): while it is 0, a new subject
+	// needs no look-up of an open finding. Transient: counted again after
+	// a restore (Detector.countOrphans).
+	orphans int
 }
 
 // lruLink is an entry's neighbours in recency order (-1: none; prev
@@ -487,6 +492,9 @@ func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
 		old := c.tail
 		c.unlink(old)
 		c.del(c.at(old).key)
+		if c.at(old).finding != "" {
+			c.orphans++
+		}
 		c.release(old)
 		c.evicted++
 	}
@@ -494,6 +502,9 @@ func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
 		e := c.tail
 		s := c.at(e)
 		c.del(s.key)
+		if s.finding != "" {
+			c.orphans++
+		}
 		c.evicted++
 		s.clear(k)
 		c.unlink(e)
