@@ -138,7 +138,7 @@ func attachDetect(h *hub.Hub) error {
 	}
 	h.RegisterModule(det)
 	log := h.Log().With("component", "detect")
-	det.OnFinding(logFinding(log))
+	det.OnFindingView(logFinding(log)) // reads, keeps nothing: no copy
 	det.OnFinding(publishHubFindings(h))
 	setDashboardsFindings(h, detectFindings(det))
 	log.Info("detectors_registered",

@@ -89,6 +89,7 @@ type Detector struct {
 	st      *state
 	subsMu  sync.Mutex
 	subs    []func(*jasperv1.Finding)
+	views   []func(*jasperv1.Finding)
 	pending []*jasperv1.Finding
 	epoch   uint64 // transient batch counter for touched-subject dedup
 	touched []*subject
@@ -170,6 +171,15 @@ func (d *Detector) OnFinding(fn func(*jasperv1.Finding)) {
 	d.subsMu.Unlock()
 }
 
+// OnFindingView subscribes fn to the same findings as OnFinding, but fn
+// reads a copy shared with the other subscribers: it must neither change
+// nor keep it (a logger). It saves a copy per finding.
+func (d *Detector) OnFindingView(fn func(*jasperv1.Finding)) {
+	d.subsMu.Lock()
+	d.views = append(d.views, fn)
+	d.subsMu.Unlock()
+}
+
 // flush delivers the pending announcements, outside the state lock.
 func (d *Detector) flush() {
 	d.mu.Lock()
@@ -180,11 +190,14 @@ func (d *Detector) flush() {
 		return
 	}
 	d.subsMu.Lock()
-	subs := slices.Clone(d.subs)
+	subs, views := slices.Clone(d.subs), slices.Clone(d.views)
 	d.subsMu.Unlock()
 	for _, f := range p {
-		// The queued copy is already private: the last subscriber gets it,
-		// the others a copy each.
+		// The queued copy is already private: the views read it, then
+		// the last subscriber gets it, the others a copy each.
+		for _, fn := range views {
+			fn(f)
+		}
 		for i, fn := range subs {
 			if i < len(subs)-1 {
 				fn(cloneFinding(f))

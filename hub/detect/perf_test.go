@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,8 +49,14 @@ func TestSubscribersGetOwnCopies(t *testing.T) {
 			f.Ports = append(f.Ports[:0], 9999)
 		})
 	}
+	var viewed []string
+	d.OnFindingView(func(f *jasperv1.Finding) { viewed = append(viewed, f.Summary) })
 	f := newFeed(t, d)
 	f.send(f.batch("s1", t0.Unix(), r{src: "45.1.2.3", port: 23, fps: map[string]uint64{"mirai": 1}}))
+	// A view reads the finding before any subscriber could change it.
+	if len(viewed) != 1 || strings.HasPrefix(viewed[0], "changed") {
+		t.Fatalf("view saw %q", viewed)
+	}
 	for i := range got {
 		if len(got[i]) != 1 {
 			t.Fatalf("subscriber %d got %d findings", i, len(got[i]))
