@@ -82,10 +82,10 @@ func (l *e2eLog) feed(d *Detector, k int) {
 }
 
 // newE2EDetector is a hub's detector: defaults and the two subscribers
-// cmd/jasper attaches (log, alerting), here doing nothing.
+// cmd/jasper attaches, here doing nothing: the log (a view) and alerting.
 func newE2EDetector(b testing.TB) *Detector {
 	d := mustNew(b, DefaultConfig())
-	d.OnFinding(func(*jasperv1.Finding) {})
+	d.OnFindingView(func(*jasperv1.Finding) {})
 	d.OnFinding(func(*jasperv1.Finding) {})
 	return d
 }
