@@ -3,6 +3,7 @@ package detect
 import (
 	"bufio"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -320,9 +321,10 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 		d.rowIdx = int32(i)
 		// The key is the address's 16 bytes, IPv4 mapped into IPv6
 		// (netip's As16 of the unmapped address).
+		var v4 []byte
 		switch b := rows.SrcIp[i]; len(b) {
 		case 4:
-			r.key = v4Key(b)
+			r.key, v4 = v4Key(b), b
 		case 16:
 			r.key = addrKey(b)
 		default:
@@ -344,7 +346,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 		}
 		if en != nil {
 			r.label, r.country, r.asn = en.SrcLabel[i], col(en.SrcCountry, i), col(en.SrcAsn, i)
-		} else if enrich.IsBogon(netip.AddrFrom16(r.key).Unmap()) {
+		} else if v4 != nil && enrich.IsBogon(netip.AddrFrom4([4]byte(v4))) || v4 == nil && enrich.IsBogon(netip.AddrFrom16(r.key).Unmap()) {
 			r.label = jasperv1.SourceLabel_SOURCE_LABEL_BOGON
 		}
 		for _, c := range fpCols {
@@ -425,8 +427,9 @@ func (d *Detector) intern(s string) string {
 }
 
 // v4Key is the key of a 4-byte address.
-func v4Key(b []byte) addrKey {
-	return addrKey{10: 0xff, 11: 0xff, 12: b[0], 13: b[1], 14: b[2], 15: b[3]}
+func v4Key(b []byte) (k addrKey) {
+	binary.BigEndian.PutUint64(k[8:], 0xffff<<32|uint64(binary.BigEndian.Uint32(b)))
+	return k
 }
 
 // lookAhead finds the tracked hosts of a batch's sources before the rows
