@@ -120,7 +120,6 @@ type state struct {
 	fps         seriesSet
 	countries   seriesSet
 	open        map[string]*openFinding // by subject key
-	byID        map[string]*openFinding
 	ended       []*jasperv1.Finding
 	stats       Stats
 	// geoVersion is the geo database version of the last enriched batch,
@@ -132,7 +131,7 @@ func newState() *state {
 	return &state{
 		hosts: newLRU(), victims: newLRU(), bins: map[int64]*openBin{},
 		ports: newSeriesSet(), fps: newSeriesSet(), countries: newSeriesSet(),
-		open: map[string]*openFinding{}, byID: map[string]*openFinding{},
+		open: map[string]*openFinding{},
 	}
 }
 
@@ -541,34 +540,58 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 		if !byDst && !byPorts && fp == "" {
 			return
 		}
-		var why string
+		// The summary, appended (one allocation instead of fmt's):
+		// "ADDR (COUNTRY ASn) WHY[ (fingerprints: NAME N, ...)]: almost
+		// surely infected".
+		a := netip.AddrFrom16(h.key).Unmap()
+		b := make([]byte, 0, 160)
+		b = a.AppendTo(b)
+		b = append(b, " ("...)
+		b = append(b, orUnknown(h.country)...)
+		b = append(b, " AS"...)
+		b = strconv.AppendUint(b, uint64(h.asn), 10)
+		b = append(b, ") sent "...)
 		switch {
 		case fp != "":
-			why = fmt.Sprintf("sent %d packets carrying the %s fingerprint into the darknet", fpPackets(h.ev.fps, fp), fp)
+			b = strconv.AppendUint(b, fpPackets(h.ev.fps, fp), 10)
+			b = append(b, " packets carrying the "...)
+			b = append(b, fp...)
+			b = append(b, " fingerprint into the darknet"...)
 		case byDst:
-			why = fmt.Sprintf("sent %d packets to about %d distinct dark addresses", h.ev.packets, dst)
+			b = strconv.AppendUint(b, h.ev.packets, 10)
+			b = append(b, " packets to about "...)
+			b = strconv.AppendUint(b, dst, 10)
+			b = append(b, " distinct dark addresses"...)
 		default:
-			why = fmt.Sprintf("sent %d packets to %d distinct ports of dark addresses", h.ev.packets, h.ev.portsEst)
+			b = strconv.AppendUint(b, h.ev.packets, 10)
+			b = append(b, " packets to "...)
+			b = strconv.AppendUint(b, h.ev.portsEst, 10)
+			b = append(b, " distinct ports of dark addresses"...)
 		}
 		if fp == "" && len(h.ev.fps) > 0 {
-			var names []string
-			for _, c := range h.ev.fps {
-				names = append(names, fmt.Sprintf("%s %d", c.name, c.n))
+			b = append(b, " (fingerprints: "...)
+			for i, c := range h.ev.fps {
+				if i > 0 {
+					b = append(b, ", "...)
+				}
+				b = append(b, c.name...)
+				b = append(b, ' ')
+				b = strconv.AppendUint(b, c.n, 10)
 			}
-			why += " (fingerprints: " + strings.Join(names, ", ") + ")"
+			b = append(b, ')')
 		}
-		a := netip.AddrFrom16(h.key).Unmap()
+		b = append(b, ": almost surely infected"...)
 		f := &jasperv1.Finding{
 			Type:    jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST,
 			SrcIp:   a.AsSlice(),
-			Summary: fmt.Sprintf("%s (%s AS%d) %s: almost surely infected", a, orUnknown(h.country), h.asn, why),
+			Summary: string(b),
 		}
 		d.raise(index, subjectKey("ih|", &h.key), f, h.ev.last)
 		h.finding = f.Id
 	}
 	of := h.of
 	if of == nil || of.f.Id != h.finding || of.f.State == jasperv1.FindingState_FINDING_STATE_ENDED {
-		of = st.byID[h.finding]
+		of = st.openOf("ih|", &h.key, h.finding)
 		h.of = of
 	}
 	if of == nil {
@@ -587,6 +610,27 @@ func (d *Detector) judgeHost(index uint64, h *subject, ob *openBin, sensor strin
 			h.ccGen, h.ccCountry = ob.gen, h.country
 		}
 	}
+}
+
+// openOf returns the open finding of a host subject if its id is id.
+func (st *state) openOf(prefix string, k *addrKey, id string) *openFinding {
+	if of := st.open[subjectKey(prefix, k)]; of != nil && of.f.Id == id {
+		return of
+	}
+	return nil
+}
+
+// byID returns the open finding with that id (ties, possible only in a
+// corrupt snapshot: the smallest subject). A scan: only analysts' end
+// commands look findings up by id.
+func (st *state) byID(id string) *openFinding {
+	var out *openFinding
+	for _, of := range st.open {
+		if of.f.Id == id && (out == nil || of.subject < out.subject) {
+			out = of
+		}
+	}
+	return out
 }
 
 // subjectKey is the open-findings key of a host subject; the compiler
@@ -671,7 +715,11 @@ func (d *Detector) judgeVictim(index uint64, v *subject) {
 		d.raise(index, subjectKey("dv|", &v.key), f, v.ev.last)
 		v.finding = f.Id
 	}
-	of := d.st.byID[v.finding]
+	of := v.of
+	if of == nil || of.f.Id != v.finding || of.f.State == jasperv1.FindingState_FINDING_STATE_ENDED {
+		of = d.st.openOf("dv|", &v.key, v.finding)
+		v.of = of
+	}
 	if of == nil {
 		v.finding = ""
 		return
@@ -714,7 +762,6 @@ func (d *Detector) raise(index uint64, subject string, f *jasperv1.Finding, atMs
 	f.UpdatedIndex = index
 	of := &openFinding{f: f, subject: subject, announced: -1}
 	st.open[subject] = of
-	st.byID[f.Id] = of
 	st.stats.FindingsNew++
 	d.m.finding(f.Type, "new").Inc()
 }
@@ -754,7 +801,6 @@ func (d *Detector) end(index uint64, of *openFinding, atMs int64, why string) {
 		f.Summary += "; ended: " + why
 	}
 	delete(st.open, of.subject)
-	delete(st.byID, f.Id)
 	st.ended = append(st.ended, f)
 	if over := len(st.ended) - d.cfg.MaxEndedFindings; over > 0 {
 		st.ended = slices.Delete(st.ended, 0, over)
@@ -886,7 +932,7 @@ func (d *Detector) Apply(index uint64, payload []byte) (any, error) {
 		return nil, fmt.Errorf("detect command: unknown op %q", c.Op)
 	}
 	d.mu.Lock()
-	of := d.st.byID[c.ID]
+	of := d.st.byID(c.ID)
 	if of == nil {
 		d.mu.Unlock()
 		return nil, fmt.Errorf("end %q: %w", c.ID, ErrUnknownFinding)
@@ -1086,7 +1132,6 @@ func decodeState(r *bufio.Reader) (*state, error) {
 			}
 		}
 		st.open[of.subject] = of
-		st.byID[of.f.Id] = of
 	}
 	for n, i := dc.n(maxLen), 0; i < n && dc.err == nil; i++ {
 		f := &jasperv1.Finding{}

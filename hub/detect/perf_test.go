@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -342,6 +343,38 @@ func TestOrphanedFindingsAfterRestore(t *testing.T) {
 		f.tick(time.Unix(bin+600+31*60, 0))
 		if d.st.hosts.orphans != 0 {
 			t.Fatalf("orphans %d after the finding ended", d.st.hosts.orphans)
+		}
+	}
+}
+
+// TestInfectedSummaries pins the infected-host summary texts (built by
+// appending, they must read as the fmt formats they replaced).
+func TestInfectedSummaries(t *testing.T) {
+	d := mustNew(t, DefaultConfig())
+	f := newFeed(t, d)
+	f.geo["2001:db8::1"] = geo{cc: "", asn: 0, label: jasperv1.SourceLabel_SOURCE_LABEL_ROUTABLE}
+	f.geo["45.0.0.3"] = geo{cc: "DE", asn: 4294967295, label: jasperv1.SourceLabel_SOURCE_LABEL_ROUTABLE}
+	var sweep []r
+	for p := range 10 {
+		sweep = append(sweep, r{src: "45.0.0.3", port: uint32(1000 + p), fps: map[string]uint64{"zmap": 2, "masscan": 1}})
+	}
+	f.send(f.batch("s1", t0.Unix(),
+		append([]r{
+			r{src: "45.0.0.1", port: 23, fps: map[string]uint64{"mirai": 3, "zmap": 1}},
+			r{src: "2001:db8::1", proto: 6, port: 22, packets: 12, dsts: 4},
+		}, sweep...)...))
+	want := map[string]string{
+		"45.0.0.1":    "45.0.0.1 (JP AS64500) sent 3 packets carrying the mirai fingerprint into the darknet: almost surely infected",
+		"2001:db8::1": "2001:db8::1 (country unknown AS0) sent 12 packets to about 4 distinct dark addresses: almost surely infected",
+		"45.0.0.3":    "45.0.0.3 (DE AS4294967295) sent 10 packets to 10 distinct ports of dark addresses (fingerprints: masscan 10, zmap 20): almost surely infected",
+	}
+	if len(f.found) != len(want) {
+		t.Fatalf("findings %v", f.found)
+	}
+	for _, x := range f.found {
+		a, _ := netip.AddrFromSlice(x.SrcIp)
+		if w := want[a.String()]; x.Summary != w {
+			t.Errorf("summary\n%q\nwant\n%q", x.Summary, w)
 		}
 	}
 }
