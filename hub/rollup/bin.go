@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 	"slices"
 
@@ -48,6 +49,9 @@ func (id hostID) v4Key() (uint64, bool) {
 	}
 	return id.sensor<<32 | id.b&0xffffffff, true
 }
+
+// hash is hashAddr of the host's address.
+func (id hostID) hash() uint64 { return mix64(id.a*0x9e3779b97f4a7c15 ^ id.b) }
 
 func (id hostID) addr() netip.Addr {
 	var b [16]byte
@@ -135,21 +139,41 @@ type bin struct {
 	host4     map[uint64]int32 // sensor<<32 | IPv4 address -> index in hosts
 	host6     map[hostID]int32 // other addresses -> index in hosts
 	hosts     []host
+	// hostBits is a one-hash Bloom filter over the hosts' keys (bit
+	// hostBit clear: no such host), at least 16 bits per host the bin may
+	// hold: once the bin holds MaxHostsPerBin hosts most rows are of
+	// hosts it does not hold, and the filter spares their map lookup.
+	hostBits  []uint64
+	hostShift uint8
 	Sensors   map[string]*sensorBin
 }
 
 // newBin returns an empty bin. With like set, the bin's tables start at
 // like's sizes (a bin's neighbour is a good guess of its size), so that
 // filling it does not grow and rehash them step by step.
-func newBin(start int64, like *bin) *bin {
+func newBin(start int64, maxHosts int, like *bin) *bin {
 	var cells, hosts, hosts6, origins int
 	if like != nil {
 		cells, hosts, hosts6, origins = len(like.cells), len(like.hosts), len(like.host6), len(like.origins)
 	}
+	logBits := min(maxHostBitsLog, bits.Len(uint(max(64, 16*maxHosts)-1)))
 	return &bin{Start: start, strIdx: map[string]uint32{}, originIdx: map[uint32]map[uint64]uint32{},
 		origins: make([]origin, 0, origins), cellIdx: make(map[cellID]int32, cells), cells: make([]cell, 0, cells),
 		host4: make(map[uint64]int32, hosts-hosts6), host6: make(map[hostID]int32, hosts6), hosts: make([]host, 0, hosts),
+		hostBits: make([]uint64, 1<<logBits/64), hostShift: uint8(64 - logBits),
 		Sensors: map[string]*sensorBin{}}
+}
+
+// maxHostBitsLog caps a bin's host filter at 2^18 bits (32 KB): enough
+// for 16 bits per host up to 16,384 hosts; beyond that it lets more rows
+// through to the map.
+const maxHostBitsLog = 18
+
+// hostBit returns the filter word and bit of the host of sensor whose
+// address hashes (hashAddr) to h.
+func (bn *bin) hostBit(h uint64, sensor uint32) (int, uint64) {
+	b := (h ^ uint64(sensor)*0x9e3779b97f4a7c15) >> bn.hostShift
+	return int(b >> 6), 1 << (b & 63)
 }
 
 // intern returns the index of s in the bin's string table, adding it.
@@ -234,12 +258,17 @@ func (bn *bin) addHost(h host) {
 	} else {
 		bn.host6[h.id] = i
 	}
+	w, bit := bn.hostBit(h.id.hash(), uint32(h.id.sensor))
+	bn.hostBits[w] |= bit
 }
 
-// sketchAdd is a distinct-source insertion deferred to the end of a batch.
+// sketchAdd is a distinct-source insertion deferred to the end of a batch:
+// into the HLL register word when the cell's sketch is a HyperLogLog,
+// else into the cell's exact set.
 type sketchAdd struct {
-	cell int32
+	word *uint64
 	hash uint64
+	cell int32
 }
 
 func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.Enrichment) {
@@ -338,8 +367,13 @@ func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.En
 		pk, by := col(packets, i), col(bytes, i)
 		cl.Packets += pk
 		cl.Bytes += by
-		h := mix64(ha*0x9e3779b97f4a7c15 ^ hb) // hashAddr of the address
-		adds = append(adds, sketchAdd{cell: ci, hash: h})
+		h := hostID{a: ha, b: hb}.hash() // hashAddr of the address
+		if cl.Sources.hll {
+			// The register's word, found now that the cell is in cache.
+			adds = append(adds, sketchAdd{word: cl.Sources.regWord(h), hash: h})
+		} else {
+			adds = append(adds, sketchAdd{cell: ci, hash: h})
+		}
 		bn.Total.Add(h)
 		for _, fc := range fps {
 			if n := col(fc.GetPackets(), i); n > 0 && fc.GetName() != "" {
@@ -352,7 +386,11 @@ func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.En
 		}
 
 		hk := hostID{a: ha, b: hb, sensor: uint64(sensor)}
-		hi, ok := bn.hostIndex(hk)
+		var hi int32
+		ok = false
+		if w, bit := bn.hostBit(h, sensor); bn.hostBits[w]&bit != 0 {
+			hi, ok = bn.hostIndex(hk)
+		}
 		if !ok {
 			if len(bn.hosts) >= m.cfg.MaxHostsPerBin {
 				m.stats.DroppedHosts++
@@ -378,7 +416,12 @@ func (m *Module) addRows(bn *bin, sid string, b *jasperv1.Batch, en *jasperv1.En
 		hs.LastMs = max(hs.LastMs, binMs+int64(col(lasts, i)))
 	}
 	for _, a := range adds {
-		bn.cells[a.cell].Sources.Add(a.hash)
+		if a.word != nil {
+			addHLLWord(a.word, a.hash)
+		} else {
+			bn.cells[a.cell].Sources.Add(a.hash)
+		}
 	}
+	clear(adds) // no pointers kept into the registers
 	m.adds = adds[:0]
 }

@@ -243,7 +243,7 @@ func (m *Module) OnBatch(index uint64, cb *jasperv1.CommittedBatch) {
 	}
 	bn := m.bins[start]
 	if bn == nil {
-		bn = newBin(start, m.bins[start-m.cfg.BinSeconds])
+		bn = newBin(start, m.cfg.MaxHostsPerBin, m.bins[start-m.cfg.BinSeconds])
 		m.bins[start] = bn
 	}
 	sb := bn.Sensors[sid]

@@ -410,3 +410,30 @@ func TestConcurrentQueriesAndSnapshots(t *testing.T) {
 		t.Errorf("batches = %d", st.Batches)
 	}
 }
+
+// TestHostFilterSizes checks the host filter at the edges of
+// max_hosts_per_bin (none, one, more than the filter's cap): the hosts
+// kept and dropped are those of the map, whatever the filter's size.
+func TestHostFilterSizes(t *testing.T) {
+	for _, maxHosts := range []int{0, 1, 3, 20000} {
+		m := newModule(t, func(c *Config) { c.MaxHostsPerBin = maxHosts })
+		var rows []row
+		for i := range 30 {
+			rows = append(rows, row{fmt.Sprintf("192.0.2.%d", i%10), 6, 23, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN, 1, "JP", 1, 0})
+		}
+		m.OnBatch(1, mkBatch("s1", 1, t0, rows))
+		kept := min(maxHosts, 10)
+		hosts := m.Hosts(Filter{}, nil, 0)
+		if len(hosts) != kept {
+			t.Errorf("max %d: %d hosts, want %d", maxHosts, len(hosts), kept)
+		}
+		for _, h := range hosts {
+			if h.Packets != 3 {
+				t.Errorf("max %d: host %s has %d packets, want 3", maxHosts, h.Addr, h.Packets)
+			}
+		}
+		if st := m.Stats(); st.DroppedHosts != uint64(3*(10-kept)) {
+			t.Errorf("max %d: dropped %d, want %d", maxHosts, st.DroppedHosts, 3*(10-kept))
+		}
+	}
+}

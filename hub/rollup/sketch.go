@@ -98,12 +98,15 @@ func (s *Sketch) promote() {
 	}
 }
 
-func (s *Sketch) addHLL(h uint64) {
-	idx := h >> (64 - hllPrecision)
-	w := h<<hllPrecision | 1<<(hllPrecision-1)
-	rank := uint64(bits.LeadingZeros64(w)) + 1
-	word := &s.w[idx>>3]
-	sh := (idx & 7) * 8
+func (s *Sketch) addHLL(h uint64) { addHLLWord(s.regWord(h), h) }
+
+// regWord returns the word of an HLL sketch that holds h's register.
+func (s *Sketch) regWord(h uint64) *uint64 { return &s.w[h>>(64-hllPrecision)>>3] }
+
+// addHLLWord raises h's register, in word (regWord(h)), to h's rank.
+func addHLLWord(word *uint64, h uint64) {
+	sh := (h >> (64 - hllPrecision) & 7) * 8
+	rank := uint64(bits.LeadingZeros64(h<<hllPrecision|1<<(hllPrecision-1))) + 1
 	if rank > (*word>>sh)&0xff {
 		*word = *word&^(0xff<<sh) | rank<<sh
 	}

@@ -139,7 +139,7 @@ func (m *Module) Restore(r io.Reader) error {
 		if len(sb.Cells) > m.cfg.MaxCellsPerBin*2+1000000 || len(sb.Hosts) > m.cfg.MaxHostsPerBin {
 			return fmt.Errorf("rollup restore: bin %d exceeds the configured caps", sb.Start)
 		}
-		bn := newBin(sb.Start, nil)
+		bn := newBin(sb.Start, m.cfg.MaxHostsPerBin, nil)
 		bn.Ordinary = sb.Ordinary
 		var err error
 		if bn.Total, err = sb.Total.sketch(); err != nil {
