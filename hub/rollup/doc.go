@@ -29,9 +29,11 @@
 // and hosts live by value in slices that those maps index, hosts hold no
 // pointer and a cell one (its sketch's storage). A batch's rows look the
 // origin up only when the country or ASN changes, and its sketch
-// insertions run in a loop of their own after the rows. None of these
-// indices reaches a snapshot, which encodes the readable keys in sorted
-// order as before (format version 1, unchanged).
+// insertions run in a loop of their own after the rows. A one-hash filter
+// over the bin's host keys (16 bits per host, at most 32 KB a bin) answers
+// "not held" for most rows of a full bin without a map lookup. None of
+// these indices reaches a snapshot, which encodes the readable keys in
+// sorted order as before (format version 1, unchanged).
 //
 // Determinism (DESIGN.md promise 5): the module reads no clock, network or
 // random source; time comes from batch bin starts and tick entries; every
