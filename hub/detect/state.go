@@ -47,6 +47,11 @@ func (e *dstEst) add(sensor string, bin int64, n uint32) int {
 		copy(e.slots, e.slots[1:])
 		e.slots = e.slots[:maxDstSlots-1]
 	}
+	if e.slots == nil {
+		// Room for a few sensors at once: most sources are seen by one to
+		// four, and the memory stays with the subject when it is reused.
+		e.slots = make([]dstSlot, 0, 4)
+	}
 	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, max: n})
 	return len(e.slots) - 1
 }
@@ -151,6 +156,9 @@ func (ev *evidence) addRow(r *row, sensor string, batch uint64) {
 		// Interned ids compare by pointer: a scan of the few kept is
 		// cheaper than a binary search of string comparisons.
 		if !slices.Contains(ev.sensors, sensor) && len(ev.sensors) < maxSensorsKept {
+			if ev.sensors == nil {
+				ev.sensors = make([]string, 0, 4) // as dst.slots
+			}
 			i, _ := slices.BinarySearch(ev.sensors, sensor)
 			ev.sensors = slices.Insert(ev.sensors, i, sensor)
 		}
