@@ -103,6 +103,7 @@ type Detector struct {
 	hostHint    []int32 // per row of the batch: its host's entry, or -1
 	recent      *[1 << recentBits]recentHost
 	sensors     map[string]string // see intern
+	portHint    map[uint32]int    // transient: sources per port in the last bin judged
 	sink        int64             // keeps the look-ahead loads
 	rowIdx      int32
 	maxFirst    int32

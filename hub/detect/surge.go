@@ -160,7 +160,9 @@ func (b *openBin) addRow(d *Detector, r *row, sensor string, h *subject) {
 			s := b.lastSet
 			if s == nil || b.lastPort != k {
 				if s = b.ports[k]; s == nil {
-					s = newBinSet()
+					// Sized like the port's set of the last bin judged
+					// (a transient hint: layout only).
+					s = &binSet{srcs: make(map[uint64]uint32, d.portHint[k])}
 					b.ports[k] = s
 				}
 				b.lastPort, b.lastSet = k, s
@@ -222,8 +224,12 @@ func (d *Detector) closeBin(index uint64, b *openBin) {
 	d.m.binsClosed.Inc()
 	binEnd := b.start*1000 + d.binMs
 	ports := make(map[string]*binSet, len(b.ports))
+	if d.portHint == nil || len(d.portHint) > 4*d.cfg.PortSurge.MaxSeries {
+		d.portHint = map[uint32]int{}
+	}
 	for k, s := range b.ports {
 		ports[portName(k)] = s
+		d.portHint[k] = len(s.srcs)
 	}
 	warm := st.stats.BinsClosed > uint64(d.cfg.PortSurge.Warmup)
 	d.judgeSeries(index, b, &st.ports, ports, &d.cfg.PortSurge, binEnd, func(key string, s *series, x float64, nBefore int64, levelBefore float64, v verdict, set *binSet) {
