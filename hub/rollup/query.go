@@ -341,8 +341,10 @@ type Host struct {
 }
 
 // Hosts returns the source hosts under f that keep(addr, country) accepts,
-// by packets descending; limit <= 0 returns all. The port filter matches
-// hosts whose listed ports include it or that hit more ports than listed.
+// by packets descending; limit <= 0 returns all. A host's country and ASN
+// are those of its record in the newest bin that holds it. The port filter
+// matches hosts whose listed ports include it or that hit more ports than
+// listed.
 func (m *Module) Hosts(f Filter, keep func(netip.Addr, string) bool, limit int) []Host {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -353,7 +355,13 @@ func (m *Module) Hosts(f Filter, keep func(netip.Addr, string) bool, limit int) 
 		sensors map[string]bool
 	}
 	hosts := map[netip.Addr]*acc{}
-	for start, bn := range m.bins {
+	// Newest bin first, so that a host whose records disagree on country
+	// or ASN (a geo database update in the window) is reported with its
+	// newest one, the same on every call and every replica.
+	starts := slices.Sorted(maps.Keys(m.bins))
+	slices.Reverse(starts)
+	for _, start := range starts {
+		bn := m.bins[start]
 		if !f.binOK(start) {
 			continue
 		}

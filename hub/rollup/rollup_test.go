@@ -437,3 +437,29 @@ func TestHostFilterSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestHostsNewestCountry: a source whose enrichment changed inside the
+// window (a geo database update) is reported with its newest country and
+// ASN, on every call.
+func TestHostsNewestCountry(t *testing.T) {
+	m := newModule(t, nil)
+	for i := range 6 {
+		country, asn := "DE", uint32(64500)
+		if i >= 3 {
+			country, asn = "NL", 64501
+		}
+		m.OnBatch(uint64(i+1), mkBatch(fmt.Sprintf("s%d", i%2), uint64(i+1), t0+int64(60*i), []row{
+			{"192.0.2.9", 6, 23, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN, 2, country, asn, 0}}))
+	}
+	for range 20 {
+		hs := m.Hosts(Filter{}, nil, 0)
+		if len(hs) != 1 || hs[0].Country != "NL" || hs[0].ASN != 64501 || hs[0].Packets != 12 ||
+			fmt.Sprint(hs[0].Sensors) != "[s0 s1]" {
+			t.Fatalf("hosts = %+v, want one NL/64501 host with 12 packets from s0 and s1", hs)
+		}
+	}
+	// Filtering on the older country still finds the older records.
+	if hs := m.Hosts(Filter{Country: "DE"}, nil, 0); len(hs) != 1 || hs[0].Country != "DE" || hs[0].Packets != 6 {
+		t.Errorf("DE hosts = %+v", hs)
+	}
+}
