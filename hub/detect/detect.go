@@ -102,9 +102,11 @@ type Detector struct {
 	lastHost    *subject
 	hostHint    []int32 // per row of the batch: its host's entry, or -1
 	recent      *[1 << recentBits]recentHost
-	sensors     map[string]string // see intern
-	portHint    map[uint32]int    // transient: sources per port in the last bin judged
-	sink        int64             // keeps the look-ahead loads
+	sensors     map[string]sensorID // see intern
+	nextSID     uint32
+	sidFloor    uint32
+	portHint    map[uint32]int // transient: sources per port in the last bin judged
+	sink        int64          // keeps the look-ahead loads
 	rowIdx      int32
 	maxFirst    int32
 	touchedSort bool
@@ -228,6 +230,9 @@ type row struct {
 	country       string
 	asn           uint32
 	fps           []fpCount
+	// sid and sidFloor: the batch's sensor number and the first number of
+	// its generation (Detector.intern).
+	sid, sidFloor uint32
 }
 
 func col[T any](c []T, i int) T {
@@ -298,7 +303,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 			fpCols = append(fpCols, c)
 		}
 	}
-	sensor := d.intern(cb.GetSensorId())
+	sensor, sid := d.intern(cb.GetSensorId())
 	d.epoch++
 	d.touched, d.victims = d.touched[:0], d.victims[:0]
 	d.lastHost, d.maxFirst, d.touchedSort = nil, -1, false
@@ -317,6 +322,7 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 		d.lookAhead(rows.SrcIp)
 	}
 	var r row
+	r.sid, r.sidFloor = sid, d.sidFloor
 	for i := range n {
 		d.rowIdx = int32(i)
 		// The key is the address's 16 bytes, IPv4 mapped into IPv6
@@ -412,18 +418,35 @@ type recentHost struct {
 const recentBits = 12
 
 // intern returns the detector's copy of a sensor id, so that the ids kept
-// in evidence share memory and compare equal at their first byte (the
-// string comparison checks the pointers first). Transient; the table is
-// dropped when it reaches 4,096 ids.
-func (d *Detector) intern(s string) string {
+// in evidence share memory (string comparisons check the pointers first),
+// and a number for it: numbers are never given twice, and within one
+// generation of the table (numbers from sidFloor on) different numbers
+// are different ids, so destination slots compare numbers, not strings.
+// Transient; the table starts a new generation at 4,096 ids, and stops
+// numbering (0: compare strings) near the top of uint32.
+func (d *Detector) intern(s string) (string, uint32) {
 	if c, ok := d.sensors[s]; ok {
-		return c
+		return c.name, c.id
 	}
 	if d.sensors == nil || len(d.sensors) >= 4096 {
-		d.sensors = map[string]string{}
+		d.sensors = map[string]sensorID{}
+		if d.nextSID == 0 {
+			d.nextSID = 1
+		}
+		d.sidFloor = d.nextSID
 	}
-	d.sensors[s] = s
-	return s
+	var id uint32
+	if d.nextSID < 1<<31 {
+		id = d.nextSID
+		d.nextSID++
+	}
+	d.sensors[s] = sensorID{s, id}
+	return s, id
+}
+
+type sensorID struct {
+	name string
+	id   uint32
 }
 
 // v4Key is the key of a 4-byte address.

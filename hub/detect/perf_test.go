@@ -378,3 +378,40 @@ func TestInfectedSummaries(t *testing.T) {
 		}
 	}
 }
+
+// TestSensorNumbersAcrossGenerations: destination slots compare sensor
+// numbers; when the sensor table starts a new generation, a sensor's new
+// number still finds its old slot (by name), so no address is counted
+// twice.
+func TestSensorNumbersAcrossGenerations(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.MinPackets, cfg.Infected.MinDstIPs, cfg.Infected.MinPorts = 2, 3, 0
+	d := mustNew(t, cfg)
+	f := newFeed(t, d)
+	bin := t0.Unix()
+	f.send(f.batch("a", bin, r{src: "45.0.0.1", port: 23, dsts: 2}))
+	_, before := d.intern("a")
+	for i := range 4100 {
+		f.send(f.batch(fmt.Sprintf("other-%d", i), bin, r{src: "45.0.9.9", port: 23}))
+	}
+	if _, now := d.intern("a"); now == before || d.sidFloor <= before {
+		t.Fatalf("no new generation: a was %d, is %d, floor %d", before, now, d.sidFloor)
+	}
+	of1 := func() (out []*jasperv1.Finding) {
+		for _, x := range f.ofType(jasperv1.FindingType_FINDING_TYPE_INFECTED_HOST) {
+			if fmt.Sprint(x.SrcIp) == "[45 0 0 1]" {
+				out = append(out, x)
+			}
+		}
+		return out
+	}
+	f.send(f.batch("a", bin, r{src: "45.0.0.1", port: 23, dsts: 2}))
+	if got := of1(); len(got) != 0 {
+		t.Fatalf("sensor a's addresses counted twice: %v", got)
+	}
+	f.send(f.batch("b", bin, r{src: "45.0.0.1", port: 23, dsts: 1}))
+	got := of1()
+	if len(got) != 1 || got[0].DstIps != 3 || fmt.Sprint(got[0].Sensors) != "[a b]" {
+		t.Fatalf("findings %v; want one with 3 addresses from a and b", got)
+	}
+}

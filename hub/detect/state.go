@@ -16,6 +16,7 @@ type dstSlot struct {
 	sensor string
 	bin    int64
 	max    uint32
+	sid    uint32 // transient: the sensor's number (Detector.intern), 0 unknown
 }
 
 // maxDstSlots bounds the slots kept per source; older slots are folded
@@ -34,13 +35,27 @@ type dstEst struct {
 	slots   []dstSlot
 }
 
-// add counts n for (sensor, bin) and returns the slot's index.
-func (e *dstEst) add(sensor string, bin int64, n uint32) int {
+// add counts n for (sensor, bin) and returns the slot's index and whether
+// the slot was there. sid is the sensor's number and floor the first of
+// its generation (Detector.intern; 0: unknown): two numbers of the
+// generation that differ are different sensors, no string compared.
+func (e *dstEst) add(sensor string, sid, floor uint32, bin int64, n uint32) (int, bool) {
 	for i := range e.slots {
-		if e.slots[i].bin == bin && e.slots[i].sensor == sensor {
-			e.slots[i].max = max(e.slots[i].max, n)
-			return i
+		s := &e.slots[i]
+		if s.bin != bin {
+			continue
 		}
+		switch {
+		case sid != 0 && s.sid == sid:
+		case sid != 0 && s.sid >= floor && floor != 0:
+			continue // a number of this generation, another sensor
+		case s.sensor == sensor:
+			s.sid = sid
+		default:
+			continue
+		}
+		s.max = max(s.max, n)
+		return i, true
 	}
 	if len(e.slots) == maxDstSlots {
 		e.settled += uint64(e.slots[0].max)
@@ -52,8 +67,8 @@ func (e *dstEst) add(sensor string, bin int64, n uint32) int {
 		// four, and the memory stays with the subject when it is reused.
 		e.slots = make([]dstSlot, 0, 4)
 	}
-	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, max: n})
-	return len(e.slots) - 1
+	e.slots = append(e.slots, dstSlot{sensor: sensor, bin: bin, max: n, sid: sid})
+	return len(e.slots) - 1, false
 }
 
 func (e *dstEst) total() uint64 {
@@ -130,7 +145,12 @@ func (ev *evidence) addRow(r *row, sensor string, batch uint64) {
 		s := &ev.dst.slots[ev.slot]
 		s.max = max(s.max, r.dstIPs)
 	} else {
-		ev.slot = ev.dst.add(sensor, r.bin, r.dstIPs)
+		var had bool
+		ev.slot, had = ev.dst.add(sensor, r.sid, r.sidFloor, r.bin, r.dstIPs)
+		// A slot of the sensor was there: its first row already put the
+		// sensor in the list (or found the list full); both are cleared
+		// together.
+		known = had
 	}
 	if r.overflow {
 		ev.portsEst += uint64(r.distinctPorts)
@@ -162,8 +182,8 @@ func (ev *evidence) addRow(r *row, sensor string, batch uint64) {
 			i, _ := slices.BinarySearch(ev.sensors, sensor)
 			ev.sensors = slices.Insert(ev.sensors, i, sensor)
 		}
-		ev.batch = batch
 	}
+	ev.batch = batch
 }
 
 // fill writes the evidence into a finding.
