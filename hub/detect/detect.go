@@ -233,6 +233,9 @@ type row struct {
 	// sid and sidFloor: the batch's sensor number and the first number of
 	// its generation (Detector.intern).
 	sid, sidFloor uint32
+	// v4 is the IPv4 address of a 4-byte source (is4).
+	v4  uint32
+	is4 bool
 }
 
 func col[T any](c []T, i int) T {
@@ -331,8 +334,10 @@ func (d *Detector) onBatch(index uint64, cb *jasperv1.CommittedBatch) {
 		switch b := rows.SrcIp[i]; len(b) {
 		case 4:
 			r.key, v4 = v4Key(b), b
+			r.v4, r.is4 = binary.BigEndian.Uint32(b), true
 		case 16:
 			r.key = addrKey(b)
+			r.is4 = false
 		default:
 			st.stats.BadRows++
 			continue
@@ -409,10 +414,14 @@ func mod(a, b int64) int64 {
 }
 
 // recentHost is a slot of the look-ahead's cache of IPv4 hosts: entry e-1
-// held key v when it was filled (transient; 0: empty).
+// held key v when it was filled (transient; 0: empty). created is the
+// batch (Detector.epoch) whose row last created a host noted here, lost
+// that in that batch a created host's note was overwritten by another's.
 type recentHost struct {
-	v uint32
-	e int32
+	v       uint32
+	e       int32
+	created uint64
+	lost    bool
 }
 
 const recentBits = 12
@@ -476,7 +485,7 @@ func (d *Detector) lookAhead(srcs [][]byte) {
 				e = slot.e - 1
 			} else if x, ok := c.m4[v]; ok {
 				e = x
-				*slot = recentHost{v: v, e: x + 1}
+				slot.v, slot.e = v, x+1 // (no creation of this batch yet)
 			}
 		case 16:
 			e = c.lookup(addrKey(b))
@@ -504,10 +513,13 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 		var created bool
 		if e := d.hostHint[d.rowIdx]; e >= 0 && st.hosts.holds(e, &r.key) {
 			h = st.hosts.touchEntry(e)
+		} else if e < 0 && r.is4 {
+			h, created = d.touchNew4(r)
 		} else {
 			h, created = st.hosts.touch(r.key, d.cfg.Infected.MaxHosts)
 		}
 		if created {
+			d.noteCreated(&r.key)
 			st.stats.HostsEvicted = st.hosts.evicted
 			// A host evicted while its finding stayed open comes back to it.
 			if st.hosts.orphans > 0 {
@@ -544,6 +556,47 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 		d.touched = append(d.touched, h)
 	}
 	return h
+}
+
+// touchNew4 finds or creates the host of an IPv4 row that was not held
+// when the batch began (look-ahead hint -1): it can only be held now if
+// an earlier row of the batch created it, and every creation of the batch
+// is noted in the recent-hosts cache, so the index needs no second look
+// unless that note was overwritten (lost).
+func (d *Detector) touchNew4(r *row) (*subject, bool) {
+	c := &d.st.hosts
+	slot := &d.recent[(r.v4*0x9e3779b1)>>(32-recentBits)]
+	if slot.created == d.epoch {
+		switch {
+		case slot.v == r.v4:
+			if e := slot.e - 1; c.holds(e, &r.key) {
+				return c.touchEntry(e), false
+			}
+		case slot.lost:
+			if e := c.lookup(r.key); e >= 0 {
+				return c.touchEntry(e), false
+			}
+		}
+	}
+	return c.at(c.create(r.key, d.cfg.Infected.MaxHosts)), true
+}
+
+// noteCreated notes a host created by a row of this batch in the
+// recent-hosts cache (see touchNew4); every creation of an IPv4 host,
+// whatever the row's address length, passes here.
+func (d *Detector) noteCreated(k *addrKey) {
+	v, ok := k.v4()
+	if !ok {
+		return
+	}
+	e := d.st.hosts.created
+	slot := &d.recent[(v*0x9e3779b1)>>(32-recentBits)]
+	if slot.created == d.epoch && slot.v != v {
+		slot.lost = true
+	} else if slot.created != d.epoch {
+		slot.lost = false
+	}
+	slot.v, slot.e, slot.created = v, e+1, d.epoch
 }
 
 // judgeHost raises or updates the host's infected-host finding.

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -413,5 +415,76 @@ func TestSensorNumbersAcrossGenerations(t *testing.T) {
 	got := of1()
 	if len(got) != 1 || got[0].DstIps != 3 || fmt.Sprint(got[0].Sensors) != "[a b]" {
 		t.Fatalf("findings %v; want one with 3 addresses from a and b", got)
+	}
+}
+
+// TestHostLRUMatchesModel: with look-ahead hints, the recent-hosts cache,
+// runs of one source and creations noted inside a batch, the hosts are
+// still exactly an LRU of the scan-like rows' sources (4-byte and mapped
+// 16-byte forms of one address are one host), checked after every batch
+// against a plain list model, with the index consistent.
+func TestHostLRUMatchesModel(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.MaxHosts = 20
+	d := mustNew(t, cfg)
+	f := newFeed(t, d)
+	rng := rand.New(rand.NewPCG(7, 9))
+	var model []string // most recent first
+	for b := range 300 {
+		var rows []r
+		for range 1 + rng.IntN(60) {
+			n := rng.IntN(64)
+			if rng.IntN(4) == 0 && len(rows) > 0 {
+				n = int(netip.MustParseAddr(rows[len(rows)-1].src).Unmap().As4()[3]) // a run
+			}
+			src := fmt.Sprintf("45.0.0.%d", n)
+			key := src
+			if rng.IntN(5) == 0 {
+				src = "::ffff:" + src
+			}
+			rows = append(rows, r{src: src, port: uint32(1 + rng.IntN(3))})
+			model = slices.DeleteFunc(model, func(k string) bool { return k == key })
+			model = append([]string{key}, model...)
+			if len(model) > cfg.Infected.MaxHosts {
+				model = model[:cfg.Infected.MaxHosts]
+			}
+		}
+		f.send(f.batch("s1", t0.Unix()+int64(b/50)*60, rows...))
+		c := &d.st.hosts
+		var got []string
+		for e := c.head; e >= 0; e = c.links[e].next {
+			k := c.at(e).key
+			got = append(got, netip.AddrFrom16(k).Unmap().String())
+			if c.lookup(k) != e {
+				t.Fatalf("batch %d: index of %v is %d, want %d", b, k, c.lookup(k), e)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(model) || len(c.m4)+len(c.m6) != c.n || c.n != len(got) {
+			t.Fatalf("batch %d: hosts\n%v\nwant\n%v (index %d+%d, n %d)", b, got, model, len(c.m4), len(c.m6), c.n)
+		}
+	}
+}
+
+// TestCreatedNoteOverwritten: two new sources of one batch whose notes
+// share a slot of the recent-hosts cache; the first, seen again, is found
+// through the index, not created twice.
+func TestCreatedNoteOverwritten(t *testing.T) {
+	slot := func(v uint32) uint32 { return (v * 0x9e3779b1) >> (32 - recentBits) }
+	a := uint32(45)<<24 | 1
+	b := a + 1
+	for slot(b) != slot(a) {
+		b++
+	}
+	ip := func(v uint32) string {
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+	}
+	d := mustNew(t, DefaultConfig())
+	f := newFeed(t, d)
+	f.send(f.batch("s1", t0.Unix(), r{src: ip(a), port: 23}, r{src: ip(b), port: 23}, r{src: ip(a), port: 24}))
+	if hosts, _ := d.Tracked(); hosts != 2 {
+		t.Fatalf("%d hosts, want 2 (%s, %s)", hosts, ip(a), ip(b))
+	}
+	if h := d.st.hosts.get(v4Key([]byte{45, 0, 0, 1})); h == nil || h.ev.packets != 2 {
+		t.Fatalf("host %s: %+v", ip(a), h)
 	}
 }

@@ -375,6 +375,7 @@ type lru struct {
 	// needs no look-up of an open finding. Transient: counted again after
 	// a restore (Detector.countOrphans).
 	orphans int
+	created int32 // transient: the entry of the last subject created
 }
 
 // lruLink is an entry's neighbours in recency order (-1: none; prev
@@ -516,6 +517,12 @@ func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
 	if e := c.lookup(k); e >= 0 {
 		return c.touchEntry(e), false
 	}
+	return c.at(c.create(k, capacity)), true
+}
+
+// create adds k, known not to be held, as the most recent subject (at
+// capacity evicting the least recent) and returns its entry.
+func (c *lru) create(k addrKey, capacity int) int32 {
 	for c.n > capacity {
 		old := c.tail
 		c.unlink(old)
@@ -538,14 +545,16 @@ func (c *lru) touch(k addrKey, capacity int) (*subject, bool) {
 		c.unlink(e)
 		c.pushFront(e)
 		c.put(k, e)
-		return s, true
+		c.created = e
+		return e
 	}
 	e := c.alloc()
 	c.n++
 	c.at(e).clear(k)
 	c.pushFront(e)
 	c.put(k, e)
-	return c.at(e), true
+	c.created = e
+	return e
 }
 
 // sweep removes, from the least recently touched end, subjects last seen
