@@ -522,7 +522,7 @@ func (d *Detector) infectedRow(r *row, sensor string) *subject {
 			d.noteCreated(&r.key)
 			st.stats.HostsEvicted = st.hosts.evicted
 			// A host evicted while its finding stayed open comes back to it.
-			if st.hosts.orphans > 0 {
+			if st.hosts.mayBeOrphan(&r.key) {
 				if of := st.open[subjectKey("ih|", &r.key)]; of != nil {
 					h.finding = of.f.Id
 					st.hosts.orphans--
@@ -741,7 +741,7 @@ func (d *Detector) dosRow(r *row, sensor string) {
 	v, created := st.victims.touch(r.key, d.cfg.DoS.MaxVictims)
 	if created {
 		st.stats.VictimsEvicted = st.victims.evicted
-		if st.victims.orphans > 0 {
+		if st.victims.mayBeOrphan(&r.key) {
 			if of := st.open[subjectKey("dv|", &r.key)]; of != nil {
 				v.finding = of.f.Id
 				st.victims.orphans--
@@ -973,6 +973,9 @@ func (d *Detector) onTick(index uint64, nowMs int64) {
 	slices.SortFunc(ending, func(a, b *openFinding) int { return strings.Compare(a.f.Id, b.f.Id) })
 	for _, of := range ending {
 		d.end(index, of, nowMs, fmt.Sprintf("quiet for %s", d.cfg.QuietPeriod))
+	}
+	if st.hosts.orphans > 0 || st.victims.orphans > 0 {
+		st.countOrphans() // drops the filter bits of orphans gone
 	}
 	st.hosts.sweep(nowMs - d.cfg.Infected.Window.Milliseconds())
 	st.victims.sweep(nowMs - d.cfg.DoS.FlowTimeout.Milliseconds())
@@ -1234,9 +1237,14 @@ func decodeState(r *bufio.Reader) (*state, error) {
 }
 
 // countOrphans sets the hosts' and victims' orphans: the open findings of
-// a subject that is not held.
+// a subject that is not held (count and filter).
 func (st *state) countOrphans() {
 	st.hosts.orphans, st.victims.orphans = 0, 0
+	for _, c := range []*lru{&st.hosts, &st.victims} {
+		if c.orphanBits != nil {
+			clear(c.orphanBits[:])
+		}
+	}
 	for _, of := range st.open {
 		f := of.f
 		var c *lru
@@ -1253,7 +1261,7 @@ func (st *state) countOrphans() {
 			k = addrKey(a.Unmap().As16())
 		}
 		if c.get(k) == nil {
-			c.orphans++
+			c.orphan(&k)
 		}
 	}
 }

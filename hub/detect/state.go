@@ -375,7 +375,38 @@ type lru struct {
 	// needs no look-up of an open finding. Transient: counted again after
 	// a restore (Detector.countOrphans).
 	orphans int
-	created int32 // transient: the entry of the last subject created
+	// orphanBits is a filter of the orphans' keys: every orphan's bit is
+	// set (false hits cost a look-up, nothing else). Transient: set on
+	// eviction, rebuilt with the orphans count.
+	orphanBits *[orphanWords]uint64
+	created    int32 // transient: the entry of the last subject created
+}
+
+const orphanWords = 1024 // 65,536 bits
+
+// orphanBit is k's bit in orphanBits.
+func orphanBit(k *addrKey) (int, uint64) {
+	h := keyHash(*k)
+	return int(h>>6) % orphanWords, 1 << (h & 63)
+}
+
+// orphan notes that k's subject left with its finding open.
+func (c *lru) orphan(k *addrKey) {
+	c.orphans++
+	if c.orphanBits == nil {
+		c.orphanBits = new([orphanWords]uint64)
+	}
+	w, b := orphanBit(k)
+	c.orphanBits[w] |= b
+}
+
+// mayBeOrphan reports whether k may have an open finding while not held.
+func (c *lru) mayBeOrphan(k *addrKey) bool {
+	if c.orphans == 0 || c.orphanBits == nil {
+		return false
+	}
+	w, b := orphanBit(k)
+	return c.orphanBits[w]&b != 0
 }
 
 // lruLink is an entry's neighbours in recency order (-1: none; prev
@@ -528,7 +559,7 @@ func (c *lru) create(k addrKey, capacity int) int32 {
 		c.unlink(old)
 		c.del(c.at(old).key)
 		if c.at(old).finding != "" {
-			c.orphans++
+			c.orphan(&c.at(old).key)
 		}
 		c.release(old)
 		c.evicted++
@@ -538,7 +569,7 @@ func (c *lru) create(k addrKey, capacity int) int32 {
 		s := c.at(e)
 		c.del(s.key)
 		if s.finding != "" {
-			c.orphans++
+			c.orphan(&s.key)
 		}
 		c.evicted++
 		s.clear(k)
