@@ -473,6 +473,7 @@ func (d *Detector) lookAhead(srcs [][]byte) {
 	c := &d.st.hosts
 	hint := d.hostHint[:0]
 	var sink int64
+	misses := 0
 	for _, b := range srcs {
 		e := int32(-1)
 		switch len(b) {
@@ -497,7 +498,22 @@ func (d *Detector) lookAhead(srcs [][]byte) {
 				sink += h.of.f.UpdatedAtMs
 			}
 		}
+		if e < 0 {
+			misses++
+		}
 		hint = append(hint, e)
+	}
+	// The hosts that the batch's new sources will evict, least recent
+	// first: load them and their index slots now too.
+	if over := c.n + misses - d.cfg.Infected.MaxHosts; over > 0 && misses > 0 {
+		e := c.tail
+		for j := 0; j < min(over, misses) && e >= 0; j++ {
+			s := c.at(e)
+			if v, ok := s.key.v4(); ok {
+				sink += int64(c.m4[v])
+			}
+			e = c.links[e].prev
+		}
 	}
 	d.hostHint = hint
 	d.sink += sink
