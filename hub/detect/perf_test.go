@@ -489,3 +489,68 @@ func TestCreatedNoteOverwritten(t *testing.T) {
 		t.Fatalf("host %s: %+v", ip(a), h)
 	}
 }
+
+// TestSnapshotGolden: a mixed log (the end-to-end input, random scanners
+// with evictions of hosts, victims and open findings, mirai, mapped IPv6
+// forms, backscatter, quiet ends, bins judged) gives a snapshot whose
+// sha256 is pinned: the value is what the code before the per-row cost
+// work (commit 2b0c8dc) wrote for the same log, so the snapshot format and
+// the state are unchanged.
+func TestSnapshotGolden(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Infected.MaxHosts, cfg.DoS.MaxVictims, cfg.MaxOpenFindings = 800, 20, 300
+	d := mustNew(t, cfg)
+	l := newE2ELog()
+	for k := range 120 {
+		l.feed(d, k)
+	}
+	f := newFeed(t, d)
+	f.index = 1000
+	rng := rand.New(rand.NewPCG(3, 4))
+	for b := range 60 {
+		var rows []r
+		for k := range 100 {
+			x := r{src: fmt.Sprintf("45.%d.%d.%d", rng.IntN(3), rng.IntN(10), 1+rng.IntN(250)), port: uint32(1 + rng.IntN(50)),
+				dsts: uint32(1 + rng.IntN(3)), packets: uint64(1 + rng.IntN(5)), first: uint32(rng.IntN(60000))}
+			if k%10 == 0 {
+				x.class = jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYNACK
+				x.src = fmt.Sprintf("93.0.%d.%d", rng.IntN(4), rng.IntN(30))
+				x.packets = uint64(1 + rng.IntN(40))
+			}
+			if k%50 == 1 {
+				x.fps = map[string]uint64{"mirai": 1}
+			}
+			if k%7 == 3 {
+				x.src = "::ffff:" + x.src
+			}
+			rows = append(rows, x)
+		}
+		f.send(f.batch(fmt.Sprintf("s%d", b%5), l.bin+int64(b/20)*60, rows...))
+		if b%10 == 9 {
+			f.tick(time.Unix(l.bin+int64(b/20)*60+90, 0))
+		}
+	}
+	f.tick(time.Unix(l.bin+3600*2, 0))
+	for b := range 10 {
+		var rows []r
+		for k := range 100 {
+			rows = append(rows, r{src: fmt.Sprintf("45.%d.%d.%d", rng.IntN(3), rng.IntN(10), 1+rng.IntN(250)), port: uint32(1 + k%9), packets: 4, dsts: 2})
+		}
+		f.send(f.batch("s1", l.bin+3600*2+int64(b)*60, rows...))
+		f.tick(time.Unix(l.bin+3600*2+int64(b)*60+100, 0))
+	}
+	var buf bytes.Buffer
+	if err := d.Snapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	st := d.Stats()
+	if st.HostsEvicted == 0 || st.VictimsEvicted == 0 || st.FindingsEvicted == 0 || st.FindingsEnded <= st.FindingsEvicted || st.BinsClosed == 0 {
+		t.Fatalf("the log misses a path: %+v", st)
+	}
+	if got := hex.EncodeToString(sum[:]); got != goldenSnapshot {
+		t.Fatalf("snapshot sha256 %s (%d bytes), want %s; stats %+v", got, buf.Len(), goldenSnapshot, st)
+	}
+}
+
+const goldenSnapshot = "614cf26c39e829690023dbd2adfc9b2a8a4b9ecf356aab41e3c23aa9ea209f70"
