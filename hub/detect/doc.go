@@ -54,7 +54,22 @@
 // quiet_period of event time without evidence (judged on ticks), by an
 // "end" command, or by eviction at max_open_findings. OnFinding callbacks
 // get new and ended findings at once and continuing ones at most every
-// update_every.
+// update_every, each its own copy; OnFindingView callbacks (loggers) get
+// the same findings as a shared copy they must neither change nor keep.
+//
+// # Cost per row
+//
+// The apply path reads every row of every batch on every hub, so the
+// per-row work is kept small (BENCHMARKS.md): hosts and victims live in
+// fixed pages with their recency order as entry numbers and pointer-free
+// index maps; a batch's hosts are looked up in one loop before its rows
+// are read (the loads overlap), behind a small cache of recent IPv4
+// hosts; a run of rows of one source, and a source's later rows in a
+// batch, reuse what its first row found; a host remembers the bin set it
+// was last counted in; only hosts whose judging can change something are
+// judged. These caches are transient (never in a snapshot) and are only
+// hints, checked before use: outputs and snapshots are those of plain
+// look-ups (TestSnapshotGolden, TestHostLRUMatchesModel).
 //
 // # Bounds and determinism
 //
