@@ -31,6 +31,9 @@ const maxInterned = 4096
 
 type batchesDecoder struct {
 	strs map[string]string
+	// short is a direct-mapped cache in front of strs for one- and
+	// two-byte strings (country codes, one per row of a batch).
+	short [256]string
 }
 
 // decodeBatches decodes a BatchesCommand payload: on the fast path when
@@ -85,7 +88,20 @@ func (f field) is(num protowire.Number, typ protowire.Type) bool {
 // str returns b as a string, interned when short; invalid UTF-8 (which
 // proto.Unmarshal refuses in a proto3 string) fails.
 func (d *batchesDecoder) str(b []byte) (string, error) {
+	var slot *string
+	switch len(b) {
+	case 0:
+		return "", nil
+	case 1, 2:
+		slot = &d.short[(uint(b[0])*31+uint(b[len(b)-1]))&255]
+		if *slot == string(b) {
+			return *slot, nil
+		}
+	}
 	if s, ok := d.strs[string(b)]; ok {
+		if slot != nil {
+			*slot = s
+		}
 		return s, nil
 	}
 	if !utf8.Valid(b) {
@@ -97,6 +113,9 @@ func (d *batchesDecoder) str(b []byte) (string, error) {
 			d.strs = map[string]string{}
 		}
 		d.strs[s] = s
+	}
+	if slot != nil {
+		*slot = s
 	}
 	return s, nil
 }
@@ -113,16 +132,47 @@ func countVarints(b []byte) int {
 }
 
 // packed appends the varints of a packed field, converted to T as
-// protobuf-go converts them (truncating to 32 bits for 32-bit types).
+// protobuf-go converts them (truncating to 32 bits for 32-bit types). The
+// column is sized by counting the varints' last bytes first; one-byte
+// varints (most values) skip the general decoder.
 func packed[T ~uint32 | ~uint64 | ~int32 | ~int64](dst []T, b []byte) ([]T, error) {
-	dst = slices.Grow(dst, countVarints(b))
-	for len(b) > 0 {
-		v, n := protowire.ConsumeVarint(b)
-		if n < 0 {
+	n := countVarints(b)
+	start := len(dst)
+	dst = slices.Grow(dst, n)[:start+n]
+	out := dst[start:]
+	j := 0
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c < 0x80 {
+			if j >= len(out) {
+				return nil, errSlowPath
+			}
+			out[j] = T(c)
+			i++
+			j++
+			continue
+		}
+		if i+1 < len(b) && b[i+1] < 0x80 {
+			if j >= len(out) {
+				return nil, errSlowPath
+			}
+			out[j] = T(uint64(c&0x7f) | uint64(b[i+1])<<7)
+			i += 2
+			j++
+			continue
+		}
+		v, k := protowire.ConsumeVarint(b[i:])
+		if k < 0 || j >= len(out) {
 			return nil, errSlowPath
 		}
-		dst = append(dst, T(v))
-		b = b[n:]
+		out[j] = T(v)
+		i += k
+		j++
+	}
+	if j != n {
+		// A varint of more than 10 bytes (ConsumeVarint refuses it) or a
+		// truncated one: let proto.Unmarshal say what is wrong.
+		return nil, errSlowPath
 	}
 	return dst, nil
 }
@@ -130,6 +180,11 @@ func packed[T ~uint32 | ~uint64 | ~int32 | ~int64](dst []T, b []byte) ([]T, erro
 func packedBool(dst []bool, b []byte) ([]bool, error) {
 	dst = slices.Grow(dst, countVarints(b))
 	for len(b) > 0 {
+		if c := b[0]; c < 0x80 {
+			dst = append(dst, c != 0)
+			b = b[1:]
+			continue
+		}
 		v, n := protowire.ConsumeVarint(b)
 		if n < 0 {
 			return nil, errSlowPath
@@ -138,6 +193,17 @@ func packedBool(dst []bool, b []byte) ([]bool, error) {
 		b = b[n:]
 	}
 	return dst, nil
+}
+
+// shortBytes decodes a length-delimited field 1 with a one-byte tag and
+// length (a source address, a country code) at the start of b; ok false
+// sends the caller to nextField.
+func shortBytes(b []byte) (v, rest []byte, ok bool) {
+	if len(b) < 2 || b[0] != 0x0a || b[1] >= 0x80 || len(b) < 2+int(b[1]) {
+		return nil, nil, false
+	}
+	n := 2 + int(b[1])
+	return b[2:n], b[n:], true
 }
 
 func (d *batchesDecoder) batches(b []byte) (*jasperv1.BatchesCommand, error) {
@@ -293,6 +359,12 @@ func (d *batchesDecoder) rows(b []byte) (*jasperv1.Rows, error) {
 	// Size the address column and its one buffer first.
 	nIP, ipBytes := 0, 0
 	for rest := b; len(rest) > 0; {
+		if ip, r, ok := shortBytes(rest); ok {
+			nIP++
+			ipBytes += len(ip)
+			rest = r
+			continue
+		}
 		f, r, err := nextField(rest)
 		if err != nil {
 			return nil, err
@@ -310,6 +382,13 @@ func (d *batchesDecoder) rows(b []byte) (*jasperv1.Rows, error) {
 		ipBuf = make([]byte, 0, ipBytes)
 	}
 	for len(b) > 0 {
+		if ip, rest, ok := shortBytes(b); ok {
+			start := len(ipBuf)
+			ipBuf = append(ipBuf, ip...)
+			r.SrcIp = append(r.SrcIp, ipBuf[start:len(ipBuf):len(ipBuf)])
+			b = rest
+			continue
+		}
 		f, rest, err := nextField(b)
 		if err != nil {
 			return nil, err
@@ -400,6 +479,11 @@ func (d *batchesDecoder) fingerprint(b []byte) (*jasperv1.FingerprintColumn, err
 func (d *batchesDecoder) enrichment(b []byte) (*jasperv1.Enrichment, error) {
 	n := 0
 	for rest := b; len(rest) > 0; {
+		if _, r, ok := shortBytes(rest); ok {
+			n++
+			rest = r
+			continue
+		}
 		f, r, err := nextField(rest)
 		if err != nil {
 			return nil, err
@@ -414,6 +498,15 @@ func (d *batchesDecoder) enrichment(b []byte) (*jasperv1.Enrichment, error) {
 		e.SrcCountry = make([]string, 0, n)
 	}
 	for len(b) > 0 {
+		if v, rest, ok := shortBytes(b); ok {
+			s, err := d.str(v)
+			if err != nil {
+				return nil, err
+			}
+			e.SrcCountry = append(e.SrcCountry, s)
+			b = rest
+			continue
+		}
 		f, rest, err := nextField(b)
 		if err != nil {
 			return nil, err
