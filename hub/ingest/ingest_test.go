@@ -593,13 +593,25 @@ func TestIngestRevokedAndEnriched(t *testing.T) {
 	if err != nil || resp.GetWelcome() == nil {
 		t.Fatalf("good: %v %v", resp, err)
 	}
-	s.send(validBatch(1, nowBin(), 3))
+	sent := validBatch(1, nowBin(), 3)
+	s.send(sent)
 	if a := s.recv().GetAck(); a.GetSequence() != 1 {
 		t.Fatalf("ack: %v", a)
 	}
 	p := h.st.Pending(0, 100)
 	if len(p) != 1 || p[0].SensorCountry != "JP" || len(p[0].GetEnrichment().GetSrcCountry()) != 3 || p[0].Enrichment.GeoDbVersion != "test" || p[0].ReceivedAtMs == 0 {
 		t.Fatalf("committed batch: %v", p)
+	}
+	// The batch was proposed as the sensor's bytes: what the FSM decoded
+	// is what was sent, and the codec keeps nothing behind.
+	if !proto.Equal(p[0].Batch, sent) {
+		t.Fatalf("committed batch differs from the one sent: %v", p[0].Batch)
+	}
+	h.srv.codec.mu.Lock()
+	held, kept := len(h.srv.codec.raw), h.srv.codec.kept
+	h.srv.codec.mu.Unlock()
+	if held != 0 || kept != 1 {
+		t.Fatalf("codec kept the bytes of %d batches and still holds %d (want 1 and 0)", kept, held)
 	}
 }
 

@@ -122,6 +122,7 @@ type Server struct {
 	log   *slog.Logger
 	m     *metrics
 	admin *adminServer
+	codec *rawCodec
 
 	mu       sync.Mutex
 	extra    []func(*grpc.Server)
@@ -146,7 +147,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	s := &Server{cfg: cfg, deps: deps, log: deps.Log.With("component", "ingest"), m: newMetrics(deps.Registerer)}
+	s := &Server{cfg: cfg, deps: deps, log: deps.Log.With("component", "ingest"), m: newMetrics(deps.Registerer), codec: newRawCodec()}
 	s.admin = &adminServer{s: s}
 	return s, nil
 }
@@ -173,6 +174,8 @@ func (s *Server) Start(ctx context.Context) error {
 		// ping every 10 s without being told to calm down.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Keeps sensor batches' bytes for proposing them as they came.
+		grpc.ForceServerCodecV2(s.codec),
 	}
 	if s.cfg.InsecurePlaintextForDemo {
 		s.log.Warn("insecure_plaintext_for_demo", "listen", s.cfg.Listen, "detail", "no TLS and no client authentication: for a local demo only")

@@ -89,6 +89,7 @@ func (s *Server) Stream(st grpc.BidiStreamingServer[jasperv1.StreamRequest, jasp
 	if err != nil {
 		return err
 	}
+	s.codec.take(req.GetBatch()) // a batch in place of the Hello is refused below
 	hello := req.GetHello()
 	if hello == nil {
 		_ = s.refuse(st, refusal(0, jasperv1.RefusalReason_REFUSAL_REASON_INVALID, "the first message of a stream must be a Hello"))
@@ -167,6 +168,9 @@ func (s *Server) handleBatch(ctx context.Context, sensorID, country string, cert
 	if b == nil {
 		return &answer{received: now, refusal: refusal(0, jasperv1.RefusalReason_REFUSAL_REASON_INVALID, "expected a Batch after the Hello")}
 	}
+	// The batch's bytes as the sensor sent them (nil when the codec kept
+	// none): proposed as they are, and their length is the batch's size.
+	raw := s.codec.take(b)
 	a := &answer{seq: b.Sequence, rows: uint64(len(b.GetRows().GetSrcIp())), received: now}
 	// Revocation is enforced on every batch, not only at Hello, so that a
 	// revocation committed through raft cuts a stream that is already open.
@@ -174,7 +178,11 @@ func (s *Server) handleBatch(ctx context.Context, sensorID, country string, cert
 		a.refusal = refusal(b.Sequence, jasperv1.RefusalReason_REFUSAL_REASON_REVOKED, "the certificate of %s (serial %s) is revoked", sensorID, cert.SerialNumber)
 		return a
 	}
-	if r := s.checkBatch(b, now, *lastProposed); r != nil {
+	size := len(raw)
+	if raw == nil {
+		size = proto.Size(b)
+	}
+	if r := s.checkBatch(b, size, now, *lastProposed); r != nil {
 		a.refusal = r
 		return a
 	}
@@ -191,7 +199,7 @@ func (s *Server) handleBatch(ctx context.Context, sensorID, country string, cert
 		a.refusal = refusal(b.Sequence, jasperv1.RefusalReason_REFUSAL_REASON_THROTTLE, "stream closing")
 		return a
 	}
-	fut, err := s.deps.Store.EnqueueBatch(ctx, cb, *lastProposed)
+	fut, err := s.deps.Store.EnqueueBatchRaw(ctx, cb, raw, *lastProposed)
 	switch {
 	case err == nil:
 		a.fut = fut
@@ -286,9 +294,10 @@ func (s *Server) checkHello(id *pki.Identity, cert *x509.Certificate, h *jasperv
 	return nil
 }
 
-// checkBatch applies the size, structure and time checks.
-func (s *Server) checkBatch(b *jasperv1.Batch, now time.Time, lastProposed uint64) *jasperv1.Refusal {
-	if n := proto.Size(b); n > s.cfg.MaxBatchBytes {
+// checkBatch applies the size (size: the encoded batch's bytes), structure
+// and time checks.
+func (s *Server) checkBatch(b *jasperv1.Batch, size int, now time.Time, lastProposed uint64) *jasperv1.Refusal {
+	if n := size; n > s.cfg.MaxBatchBytes {
 		return refusal(b.Sequence, jasperv1.RefusalReason_REFUSAL_REASON_TOO_LARGE, "batch is %d bytes, max_batch_bytes is %d", n, s.cfg.MaxBatchBytes)
 	}
 	if err := ValidateBatch(b); err != nil {

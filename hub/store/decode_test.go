@@ -211,3 +211,44 @@ func BenchmarkDecodeBatches(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*16*500), "ns/row")
 	})
 }
+
+// TestEncodeProposedRaw: a batch proposed with its sensor's bytes decodes,
+// on the fast path and with proto.Unmarshal, to the same ProposedBatch as
+// one encoded from the message.
+func TestEncodeProposedRaw(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i, n := range []int{0, 1, 500} {
+		cb := fullBatch(rng, "s1", uint64(i+1), n)
+		if i == 0 {
+			cb.Enrichment, cb.ReceivedAtMs = nil, 0
+		}
+		raw, err := proto.Marshal(cb.Batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, req := range []uint64{0, 7} {
+			want := &jasperv1.ProposedBatch{Batch: cb, RequireWatermark: req}
+			enc, err := encodeProposed(nil, cb, raw, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got jasperv1.ProposedBatch
+			if err := proto.Unmarshal(enc, &got); err != nil || !proto.Equal(&got, want) {
+				t.Fatalf("%d rows, watermark %d: proto.Unmarshal gave another batch (%v)", n, req, err)
+			}
+			entry := encodeGroup([]*proposal{{enc: &enc, size: len(enc)}}, true)
+			c, err := parseEnvelope(entry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d batchesDecoder
+			fast, err := d.batches(c.Payload)
+			if err != nil {
+				t.Fatalf("%d rows: the raw entry is not on the fast path: %v", n, err)
+			}
+			if len(fast.Batches) != 1 || !proto.Equal(fast.Batches[0], want) || !fast.Load {
+				t.Fatalf("%d rows, watermark %d: fast path gave another batch", n, req)
+			}
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
@@ -70,6 +71,16 @@ func (f *BatchFuture) Wait(ctx context.Context) (BatchResult, error) {
 // same stream, so that a lost earlier batch is never hidden by a later one.
 // Leader only; ErrQueueFull when the proposer is saturated.
 func (s *Store) EnqueueBatch(ctx context.Context, b *jasperv1.CommittedBatch, requireWatermark uint64) (*BatchFuture, error) {
+	return s.EnqueueBatchRaw(ctx, b, nil, requireWatermark)
+}
+
+// EnqueueBatchRaw is EnqueueBatch for a batch whose encoded form is at
+// hand (rawBatch: the bytes b.Batch was decoded from, as the sensor sent
+// them), so that it is not encoded again: the entry carries rawBatch as
+// the committed batch's batch field. Every hub decodes the same bytes, so
+// the replicas agree whatever the sensor's encoder did; rawBatch must
+// decode to b.Batch. A nil rawBatch encodes b.Batch.
+func (s *Store) EnqueueBatchRaw(ctx context.Context, b *jasperv1.CommittedBatch, rawBatch []byte, requireWatermark uint64) (*BatchFuture, error) {
 	if _, err := s.open(); err != nil {
 		return nil, err
 	}
@@ -79,7 +90,7 @@ func (s *Store) EnqueueBatch(ctx context.Context, b *jasperv1.CommittedBatch, re
 	// Encode here, in the caller's goroutine (one per sensor stream), so
 	// that the single proposer goroutine only concatenates.
 	buf := encPool.Get().(*[]byte)
-	enc, err := marshalOpts.MarshalAppend((*buf)[:0], &jasperv1.ProposedBatch{Batch: b, RequireWatermark: requireWatermark})
+	enc, err := encodeProposed((*buf)[:0], b, rawBatch, requireWatermark)
 	if err != nil {
 		encPool.Put(buf)
 		return nil, fmt.Errorf("%w: encode batch: %v", ErrBadCommand, err)
@@ -161,6 +172,39 @@ func fail(group []*proposal, err error) {
 	for _, p := range group {
 		p.res <- proposalResult{err: err}
 	}
+}
+
+var cachedSizeOpts = proto.MarshalOptions{Deterministic: true, UseCachedSize: true}
+
+// encodeProposed appends the encoded ProposedBatch{cb, requireWatermark}
+// to dst. With raw set (the encoding of cb.Batch) the batch is not
+// encoded again: the committed batch's other fields are encoded, then raw
+// as field 4 (after field 6: decoders take fields in any order).
+func encodeProposed(dst []byte, cb *jasperv1.CommittedBatch, raw []byte, requireWatermark uint64) ([]byte, error) {
+	if raw == nil {
+		return marshalOpts.MarshalAppend(dst, &jasperv1.ProposedBatch{Batch: cb, RequireWatermark: requireWatermark})
+	}
+	head := &jasperv1.CommittedBatch{RaftIndex: cb.RaftIndex, SensorId: cb.SensorId, SensorCountry: cb.SensorCountry,
+		Enrichment: cb.Enrichment, ReceivedAtMs: cb.ReceivedAtMs}
+	n := marshalOpts.Size(head)
+	dst = protowire.AppendTag(dst, 1, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(n+protowire.SizeTag(4)+protowire.SizeBytes(len(raw))))
+	start := len(dst)
+	// The sizes Size just cached are those of head as it is now.
+	dst, err := cachedSizeOpts.MarshalAppend(dst, head)
+	if err != nil {
+		return nil, err
+	}
+	if len(dst)-start != n {
+		return nil, fmt.Errorf("encode batch: %d bytes written, %d expected", len(dst)-start, n)
+	}
+	dst = protowire.AppendTag(dst, 4, protowire.BytesType)
+	dst = protowire.AppendBytes(dst, raw)
+	if requireWatermark != 0 {
+		dst = protowire.AppendTag(dst, 2, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, requireWatermark)
+	}
+	return dst, nil
 }
 
 // maxPooledEnc is the largest encode buffer kept for reuse.
