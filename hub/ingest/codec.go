@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/jasperfed/jasper/hub/store"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
@@ -46,19 +47,27 @@ func (c *rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	// A buffer of its own (the batch's bytes stay in it), not gRPC's
 	// pooled one.
 	buf := data.Materialize()
-	if err := proto.Unmarshal(buf, req); err != nil {
+	raw, ok := onlyBatch(buf)
+	if !ok {
+		if err := proto.Unmarshal(buf, req); err != nil {
+			return fmt.Errorf("failed to unmarshal %T: %w", v, err)
+		}
+		return nil
+	}
+	// The request is one batch: decoded by the store's batch decoder (a
+	// few allocations per column instead of one per source address).
+	b, err := store.DecodeBatch(raw)
+	if err != nil {
 		return fmt.Errorf("failed to unmarshal %T: %w", v, err)
 	}
-	if b := req.GetBatch(); b != nil {
-		if raw, ok := onlyBatch(buf); ok {
-			c.mu.Lock()
-			if len(c.raw) < maxRawBatches {
-				c.raw[b] = raw
-				c.kept++
-			}
-			c.mu.Unlock()
-		}
+	proto.Reset(req)
+	req.Msg = &jasperv1.StreamRequest_Batch{Batch: b}
+	c.mu.Lock()
+	if len(c.raw) < maxRawBatches {
+		c.raw[b] = raw
+		c.kept++
 	}
+	c.mu.Unlock()
 	return nil
 }
 

@@ -86,11 +86,27 @@ func FuzzRawCodec(f *testing.F) {
 	f.Add(append(append([]byte{}, enc...), enc...))
 	f.Add([]byte{0x12, 0x00})
 	f.Add([]byte{0x12, 0x02, 0x08, 0x01, 0x0a, 0x00})
+	full, _ := proto.Marshal(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Batch{Batch: &jasperv1.Batch{
+		Sequence: 3, BinStart: -60, BinSeconds: 60, Partial: true, SealedAtMs: 9,
+		Stats: &jasperv1.SensorStats{PacketsSeen: 5, ShedRows: 1},
+		Rows: &jasperv1.Rows{SrcIp: [][]byte{{1, 2, 3, 4}, make([]byte, 16)}, Protocol: []uint32{6, 300}, Class: []jasperv1.TrafficClass{1, 99},
+			Overflow: []bool{true, false}, Packets: []uint64{1, 1 << 40},
+			Fingerprints: []*jasperv1.FingerprintColumn{{Name: "mirai", Packets: []uint64{1, 0}}}},
+	}}})
+	f.Add(full)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := newRawCodec()
-		var req jasperv1.StreamRequest
-		if err := unmarshalWith(t, c, data, &req); err != nil {
+		var req, want jasperv1.StreamRequest
+		err := unmarshalWith(t, c, data, &req)
+		werr := proto.Unmarshal(data, &want)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("codec error %v, proto.Unmarshal error %v", err, werr)
+		}
+		if err != nil {
 			return
+		}
+		if !proto.Equal(&req, &want) {
+			t.Fatal("codec and proto.Unmarshal decode differently")
 		}
 		raw := c.take(req.GetBatch())
 		if raw == nil {
