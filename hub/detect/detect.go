@@ -990,7 +990,7 @@ func (d *Detector) onTick(index uint64, nowMs int64) {
 	for _, of := range ending {
 		d.end(index, of, nowMs, fmt.Sprintf("quiet for %s", d.cfg.QuietPeriod))
 	}
-	if st.hosts.orphans > 0 || st.victims.orphans > 0 {
+	if h, v := st.hosts.orphanFilterStale(), st.victims.orphanFilterStale(); h || v {
 		st.countOrphans() // drops the filter bits of orphans gone
 	}
 	st.hosts.sweep(nowMs - d.cfg.Infected.Window.Milliseconds())
@@ -1255,8 +1255,8 @@ func decodeState(r *bufio.Reader) (*state, error) {
 // countOrphans sets the hosts' and victims' orphans: the open findings of
 // a subject that is not held (count and filter).
 func (st *state) countOrphans() {
-	st.hosts.orphans, st.victims.orphans = 0, 0
 	for _, c := range []*lru{&st.hosts, &st.victims} {
+		c.orphans, c.orphanSet = 0, 0
 		if c.orphanBits != nil {
 			clear(c.orphanBits[:])
 		}

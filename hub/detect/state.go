@@ -379,6 +379,7 @@ type lru struct {
 	// set (false hits cost a look-up, nothing else). Transient: set on
 	// eviction, rebuilt with the orphans count.
 	orphanBits *[orphanWords]uint64
+	orphanSet  int   // bits set in orphanBits
 	created    int32 // transient: the entry of the last subject created
 }
 
@@ -397,7 +398,20 @@ func (c *lru) orphan(k *addrKey) {
 		c.orphanBits = new([orphanWords]uint64)
 	}
 	w, b := orphanBit(k)
-	c.orphanBits[w] |= b
+	if c.orphanBits[w]&b == 0 {
+		c.orphanBits[w] |= b
+		c.orphanSet++
+	}
+}
+
+// orphanFilterStale reports whether most of the filter's bits are of
+// orphans gone (rebuild it), and clears it at once when none is left.
+func (c *lru) orphanFilterStale() bool {
+	if c.orphans == 0 && c.orphanSet > 0 {
+		clear(c.orphanBits[:])
+		c.orphanSet = 0
+	}
+	return c.orphanSet > 2*c.orphans+64
 }
 
 // mayBeOrphan reports whether k may have an open finding while not held.
