@@ -722,6 +722,11 @@ func TestEndToEndThroughput(t *testing.T) {
 	if !embedded {
 		conn, db = chstoretest.NewDatabase(t)
 		section = chSection(chstoretest.Addr(t), db)
+		// JASPER_E2E_MAX_INSERT: the loader's max_rows_per_insert (default
+		// chstore's); the plain insert keeps blocks of chstore's default.
+		if n := envInt("JASPER_E2E_MAX_INSERT", 0); n > 0 {
+			section += fmt.Sprintf("  max_rows_per_insert: %d\n", n)
+		}
 	}
 	const nSensors, batchRows = 4, 500
 	window := envInt("JASPER_E2E_WINDOW", 16)
