@@ -1,3 +1,5 @@
+//go:build !jasper_nodetect
+
 package main
 
 import (

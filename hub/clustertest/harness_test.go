@@ -45,7 +45,10 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		jasperBin = filepath.Join(dir, "jasper")
-		build := exec.Command("go", "build", "-o", jasperBin, "./cmd/jasper")
+		// JASPER_CLUSTERTEST_TAGS: build tags for the jasper binary, e.g.
+		// jasper_nodetect to measure the end-to-end benchmark without the
+		// detectors (hub/detect/BENCHMARKS.md).
+		build := exec.Command("go", "build", "-tags", os.Getenv("JASPER_CLUSTERTEST_TAGS"), "-o", jasperBin, "./cmd/jasper")
 		build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build jasper: %v\n%s", err, out)
