@@ -21,6 +21,7 @@ import (
 
 	"github.com/jasperfed/jasper/hub/chstore"
 	"github.com/jasperfed/jasper/hub/chstore/chstoretest"
+	"github.com/jasperfed/jasper/hub/internal/benchinput"
 	"github.com/jasperfed/jasper/internal/pki"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 	"github.com/jasperfed/jasper/sensor/capture"
@@ -537,28 +538,11 @@ func (c *cluster) restartWith(repl ...string) {
 	}
 }
 
-// benchBatch is a well-formed batch of n distinct rows in bin.
+// benchBatch is a well-formed batch of n distinct rows in bin
+// (hub/internal/benchinput, which the detectors' and rollups' benchmarks
+// replay too).
 func benchBatch(seq uint64, bin int64, n int) *jasperv1.Batch {
-	r := &jasperv1.Rows{}
-	for i := range n {
-		r.SrcIp = append(r.SrcIp, []byte{45, byte(seq % 200), byte(i / 250), byte(i % 250)})
-		r.Protocol = append(r.Protocol, 6)
-		r.DstPort = append(r.DstPort, uint32(1+i%1000))
-		r.IcmpType = append(r.IcmpType, 0)
-		r.IcmpCode = append(r.IcmpCode, 0)
-		r.Class = append(r.Class, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN)
-		r.Packets = append(r.Packets, uint64(1+i%7))
-		r.Bytes = append(r.Bytes, uint64(60*(1+i%7)))
-		r.DstIps = append(r.DstIps, 1)
-		r.FirstSeenMs = append(r.FirstSeenMs, 10)
-		r.LastSeenMs = append(r.LastSeenMs, 20)
-		r.TtlMin = append(r.TtlMin, 50)
-		r.TtlMax = append(r.TtlMax, 60)
-		r.DistinctPorts = append(r.DistinctPorts, 1)
-		r.Overflow = append(r.Overflow, false)
-		r.Fragments = append(r.Fragments, 0)
-	}
-	return &jasperv1.Batch{Sequence: seq, BinStart: bin, BinSeconds: 60, Rows: r}
+	return &jasperv1.Batch{Sequence: seq, BinStart: bin, BinSeconds: 60, Rows: benchinput.Rows(seq, n)}
 }
 
 // streamBatches sends batches over one stream to addr keeping at most

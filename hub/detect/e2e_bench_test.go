@@ -5,34 +5,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jasperfed/jasper/hub/internal/benchinput"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
-// e2eRows is hub/clustertest's benchBatch (TestEndToEndThroughput): 500
-// distinct rows, source 45.(seq%200).(i/250).(i%250), dst_port 1+i%1000,
-// packets 1+i%7, one dark address each, SYNs, times 10..20 ms into the bin.
-func e2eRows(seq uint64) *jasperv1.Rows {
-	r := &jasperv1.Rows{}
-	for i := range 500 {
-		r.SrcIp = append(r.SrcIp, []byte{45, byte(seq % 200), byte(i / 250), byte(i % 250)})
-		r.Protocol = append(r.Protocol, 6)
-		r.DstPort = append(r.DstPort, uint32(1+i%1000))
-		r.IcmpType = append(r.IcmpType, 0)
-		r.IcmpCode = append(r.IcmpCode, 0)
-		r.Class = append(r.Class, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN)
-		r.Packets = append(r.Packets, uint64(1+i%7))
-		r.Bytes = append(r.Bytes, uint64(60*(1+i%7)))
-		r.DstIps = append(r.DstIps, 1)
-		r.FirstSeenMs = append(r.FirstSeenMs, 10)
-		r.LastSeenMs = append(r.LastSeenMs, 20)
-		r.TtlMin = append(r.TtlMin, 50)
-		r.TtlMax = append(r.TtlMax, 60)
-		r.DistinctPorts = append(r.DistinctPorts, 1)
-		r.Overflow = append(r.Overflow, false)
-		r.Fragments = append(r.Fragments, 0)
-	}
-	return r
-}
+// e2eRows is the batch of hub/clustertest's TestEndToEndThroughput
+// (hub/internal/benchinput): 500 distinct SYN rows.
+func e2eRows(seq uint64) *jasperv1.Rows { return benchinput.Rows(seq, 500) }
 
 // e2eLog is the raft log of TestEndToEndThroughput's saturated phase as
 // the hubs apply it: 4 sensors each send sequences 1..1000 of benchBatch

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jasperfed/jasper/hub/internal/benchinput"
 	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
@@ -76,26 +77,10 @@ func e2eLog(geo bool) []*jasperv1.CommittedBatch {
 	for k := range perSensor {
 		for s := range sensors {
 			seq := uint64(1 + k)
-			r := &jasperv1.Rows{}
+			r := benchinput.Rows(seq, n)
 			en := &jasperv1.Enrichment{SrcCountry: make([]string, n), SrcAsn: make([]uint32, n),
 				SrcLabel: make([]jasperv1.SourceLabel, n), GeoDbVersion: "none"}
 			for i := range n {
-				r.SrcIp = append(r.SrcIp, []byte{45, byte(seq % 200), byte(i / 250), byte(i % 250)})
-				r.Protocol = append(r.Protocol, 6)
-				r.DstPort = append(r.DstPort, uint32(1+i%1000))
-				r.IcmpType = append(r.IcmpType, 0)
-				r.IcmpCode = append(r.IcmpCode, 0)
-				r.Class = append(r.Class, jasperv1.TrafficClass_TRAFFIC_CLASS_TCP_SYN)
-				r.Packets = append(r.Packets, uint64(1+i%7))
-				r.Bytes = append(r.Bytes, uint64(60*(1+i%7)))
-				r.DstIps = append(r.DstIps, 1)
-				r.FirstSeenMs = append(r.FirstSeenMs, 10)
-				r.LastSeenMs = append(r.LastSeenMs, 20)
-				r.TtlMin = append(r.TtlMin, 50)
-				r.TtlMax = append(r.TtlMax, 60)
-				r.DistinctPorts = append(r.DistinctPorts, 1)
-				r.Overflow = append(r.Overflow, false)
-				r.Fragments = append(r.Fragments, 0)
 				en.SrcLabel[i] = jasperv1.SourceLabel_SOURCE_LABEL_ROUTABLE
 				if geo {
 					net24 := int(seq%200)*2 + i/250
