@@ -58,6 +58,13 @@ if [ -f "$dir/clickhouse.pid" ]; then
   rm -f "$dir/clickhouse.pid"
 fi
 
+# Another server on the port would answer the readiness check below in place
+# of ours (this one would fail to bind and exit): refuse to start instead.
+if $client --host 127.0.0.1 --port "$tcp_port" -q 'SELECT 1' >/dev/null 2>&1; then
+  echo "start.sh: a ClickHouse server already answers on 127.0.0.1:$tcp_port (not the one of $dir); stop it or choose another port" >&2
+  exit 1
+fi
+
 mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
 
 cat > "$dir/config.xml" <<XML
@@ -147,4 +154,10 @@ until $client --host 127.0.0.1 --port "$tcp_port" -q 'SELECT 1' >/dev/null 2>&1;
   fi
   sleep 0.2
 done
+if ! kill -0 "$pid" 2>/dev/null; then
+  echo "start.sh: a server answered on 127.0.0.1:$tcp_port but ours (pid $pid) exited; last log lines:" >&2
+  tail -n 20 "$dir/log/clickhouse-server.err.log" "$dir/log/stdout.log" >&2 2>/dev/null || true
+  rm -f "$dir/clickhouse.pid"
+  exit 1
+fi
 echo "$pid"
