@@ -3,8 +3,6 @@ package ingest
 import (
 	"context"
 	"fmt"
-	"slices"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,7 +12,6 @@ import (
 	"github.com/jasperfed/jasper/hub/detect"
 	"github.com/jasperfed/jasper/hub/store"
 	"github.com/jasperfed/jasper/internal/pki"
-	jasperv1 "github.com/jasperfed/jasper/proto/jasper/v1"
 )
 
 // BenchmarkIngestDetect is BenchmarkIngestThreeHubs (same batches of 500
@@ -123,79 +120,12 @@ func benchIngestDetect(b *testing.B, nhubs, window int, det bool) {
 		joinVia(b, hubs, admin, id, h.st.RaftAddr())
 		hubs = append(hubs, h)
 	}
-	bin := nowBin()
-	per := b.N/sensors + 1
-	type stream struct {
-		s      *sensorStream
-		sent   []time.Time
-		lat    []time.Duration
-		batch  []*jasperv1.Batch
-		credit chan struct{}
-	}
-	var streams []*stream
-	for i := range sensors {
-		id := fmt.Sprintf("bench-%d", i)
-		files := f.issue(b, nil, sensorID(id, "JP", "198.51.100.0/24"), time.Time{}, time.Hour)
-		s, resp, err := open(b, dial(b, hubs[0].srv.Addr(), files), &jasperv1.Hello{SensorId: id})
-		if err != nil || resp.GetWelcome() == nil {
-			b.Fatalf("open: %v %v", resp, err)
-		}
-		st := &stream{s: s, sent: make([]time.Time, per+1), credit: make(chan struct{}, window)}
-		for seq := 1; seq <= per; seq++ {
-			st.batch = append(st.batch, validBatch(uint64(seq), bin, rows))
-		}
-		streams = append(streams, st)
-	}
-	b.ResetTimer()
-	cpu0 := cpuTime()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for _, st := range streams {
-		wg.Go(func() {
-			go func() {
-				for i, bt := range st.batch {
-					st.credit <- struct{}{}
-					st.sent[i+1] = time.Now()
-					if st.s.stream.Send(&jasperv1.StreamRequest{Msg: &jasperv1.StreamRequest_Batch{Batch: bt}}) != nil {
-						return
-					}
-				}
-			}()
-			for range st.batch {
-				r, err := st.s.stream.Recv()
-				if err != nil || r.GetAck() == nil {
-					b.Errorf("answer: %v %v", r, err)
-					return
-				}
-				st.lat = append(st.lat, time.Since(st.sent[r.GetAck().Sequence]))
-				<-st.credit
-			}
-		})
-	}
-	wg.Wait()
-	el := time.Since(start)
-	cpu := cpuTime() - cpu0
-	b.StopTimer()
-	var lat []time.Duration
-	for _, st := range streams {
-		lat = append(lat, st.lat...)
-	}
-	slices.Sort(lat)
-	total := float64(len(lat) * rows)
-	b.ReportMetric(total/el.Seconds(), "rows/s")
-	// CPU time of the whole process (hubs and sensor clients) per row: on
-	// a shared machine a steadier measure of the cost than the wall rate.
-	b.ReportMetric(float64(cpu.Nanoseconds())/total, "cpu_ns/row")
-	if len(lat) > 0 {
-		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ack_ms")
-		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ack_ms")
-	}
-	b.ReportMetric(0, "ns/op")
+	acked := streamBench(b, hubs[0].srv.Addr(), f, sensors, rows, window, 0)
 	if det {
 		// The detectors did the work: every row seen, findings raised.
 		waitFor(b, "detectors to apply every batch", func() bool {
 			for _, d := range dets {
-				if d.Stats().Rows < uint64(len(lat)*rows) {
+				if d.Stats().Rows < uint64(acked) {
 					return false
 				}
 			}
